@@ -1,0 +1,73 @@
+"""quickrouter_async: an asyncio-first client for QuickRouter's Replicate-compatible API.
+
+Typical use::
+
+    import quickrouter_async as qr
+
+    async with qr.QuickRouter() as client:
+        prediction = await client.run(qr.Imagen4Input(prompt="a lighthouse at dusk"))
+        print(prediction.output)
+"""
+
+from ._client import QuickRouter
+from ._config import PollPolicy, RetryPolicy, Timeouts
+from ._errors import (
+    APIError,
+    AuthenticationError,
+    BadRequestError,
+    CreateInDoubt,
+    InputError,
+    InvalidInputError,
+    NotFoundError,
+    PaymentRequiredError,
+    PermissionDeniedError,
+    PredictionCanceled,
+    PredictionError,
+    PredictionFailed,
+    ProtocolError,
+    QuickRouterError,
+    RateLimitError,
+    RequestTimeout,
+    ServerError,
+    TransportError,
+    WaitTimeout,
+    WebhookVerificationError,
+)
+from ._inputs import Imagen4Input, ModelInput, Seedream4Input
+from ._models import Outcome, Prediction, PredictionPage, Status
+from ._version import __version__
+
+__all__ = [
+    "APIError",
+    "AuthenticationError",
+    "BadRequestError",
+    "CreateInDoubt",
+    "Imagen4Input",
+    "InputError",
+    "InvalidInputError",
+    "ModelInput",
+    "NotFoundError",
+    "Outcome",
+    "PaymentRequiredError",
+    "PermissionDeniedError",
+    "PollPolicy",
+    "Prediction",
+    "PredictionCanceled",
+    "PredictionError",
+    "PredictionFailed",
+    "PredictionPage",
+    "ProtocolError",
+    "QuickRouter",
+    "QuickRouterError",
+    "RateLimitError",
+    "RequestTimeout",
+    "RetryPolicy",
+    "Seedream4Input",
+    "ServerError",
+    "Status",
+    "Timeouts",
+    "TransportError",
+    "WaitTimeout",
+    "WebhookVerificationError",
+    "__version__",
+]

@@ -1,0 +1,303 @@
+"""`QuickRouter`: the async session manager and its public methods."""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import TYPE_CHECKING, Any, Self
+from urllib.parse import quote, urlencode
+
+from ._config import (
+    Duration,
+    PollPolicy,
+    RetryPolicy,
+    Timeouts,
+    resolve_api_key,
+    resolve_base_url,
+    to_seconds,
+)
+from ._create import build_create, send_create
+from ._errors import AuthenticationError, InputError, WaitTimeout
+from ._models import Prediction
+from ._polling import Schedule, cancel_quietly, raise_for_outcome, wait_for, watch
+from ._serde import parse_page, parse_prediction
+from ._transport import Transport
+from ._version import __version__
+
+if TYPE_CHECKING:
+    import datetime as dt
+    from collections.abc import AsyncIterator, Mapping
+    from types import TracebackType
+
+    import aiohttp
+
+    from ._inputs import ModelInput
+
+__all__ = ["QuickRouter"]
+
+DEFAULT_MAX_CONCURRENCY = 64
+# Connections beyond the in-flight predictions, for cancels and lookups.
+_SPARE_CONNECTIONS = 8
+
+
+class QuickRouter:
+    """An async client for QuickRouter's Replicate-compatible prediction API.
+
+    It owns one `aiohttp.ClientSession` (or borrows the one passed in, and never closes
+    it), is an async context manager, and is safe to share between the tasks of one
+    event loop.
+
+    Args:
+        api_key: the API key; defaults to ``QUICKROUTER_API_KEY``.
+        base_url: defaults to ``QUICKROUTER_BASE_URL``, else
+            ``https://api.quickrouter.ai/replicate``. Plain ``http://`` is refused for
+            any host but loopback unless ``allow_http=True``.
+        timeout: the limit for one HTTP request: seconds, or a `Timeouts`.
+        retry: how requests that failed for a passing reason are retried.
+        poll: how waits learn that a prediction finished.
+        max_concurrency: predictions `run_many` keeps in flight by default.
+        rate_limit: creates per second; None finds the server's limit by itself.
+        session: an aiohttp session to borrow instead of creating one.
+        allow_http: allow a plain ``http://`` base URL on a non-loopback host.
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        *,
+        base_url: str | None = None,
+        timeout: Timeouts | Duration | None = None,
+        retry: RetryPolicy | None = None,
+        poll: PollPolicy | None = None,
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        rate_limit: float | None = None,
+        session: aiohttp.ClientSession | None = None,
+        allow_http: bool = False,
+    ) -> None:
+        if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int):
+            raise InputError("max_concurrency must be an integer", field="max_concurrency")
+        if max_concurrency < 1:
+            raise InputError("max_concurrency must be at least 1", field="max_concurrency")
+        if rate_limit is not None and not rate_limit > 0:
+            raise InputError("rate_limit must be positive creates per second", field="rate_limit")
+        self.base_url = resolve_base_url(base_url, allow_http=allow_http)
+        self.max_concurrency = max_concurrency
+        self.rate_limit = rate_limit
+        self.poll = poll or PollPolicy()
+        self._has_key = resolve_api_key(api_key) is not None
+        self._transport = Transport(
+            base_url=self.base_url,
+            api_key=resolve_api_key(api_key),
+            timeouts=Timeouts.coerce(timeout),
+            retry=retry or RetryPolicy(),
+            session=session,
+            connections=max_concurrency + _SPARE_CONNECTIONS,
+            user_agent=f"quickrouter-async/{__version__}",
+        )
+        self._schedule = Schedule(self.poll)
+
+    def __repr__(self) -> str:
+        key = "set" if self._has_key else "missing"
+        return f"<QuickRouter base_url={self.base_url!r} api_key={key}>"
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the HTTP session, unless it was borrowed."""
+        await self._transport.aclose()
+
+    @property
+    def timeouts(self) -> Timeouts:
+        """The per-request time limits."""
+        return self._transport.timeouts
+
+    def _require_key(self) -> None:
+        if not self._has_key:
+            raise AuthenticationError(
+                "no API key: pass api_key= or set QUICKROUTER_API_KEY", status=401
+            )
+
+    # -- predictions -------------------------------------------------------------------
+
+    async def create(
+        self,
+        model_or_input: str | ModelInput,
+        input: Mapping[str, Any] | ModelInput | None = None,  # noqa: A002
+        *,
+        wait: bool | float | None = None,
+        webhook: str | None = None,
+        webhook_events_filter: list[str] | tuple[str, ...] | None = None,
+        cancel_after: float | dt.timedelta | str | None = None,
+    ) -> Prediction:
+        """Create a prediction.
+
+        Args:
+            model_or_input: a typed input (`Imagen4Input`, `Seedream4Input`), or a model
+                as ``owner/name`` (or ``owner/name:version``) followed by its input.
+            input: the input when a model name comes first: a mapping or a typed input.
+            wait: hold the request open until the prediction finishes, up to this many
+                seconds (1-60; True means 60), with ``Prefer: wait``.
+            webhook: an HTTPS URL the server calls as the prediction progresses.
+            webhook_events_filter: which events to send: ``start``, ``output``,
+                ``logs``, ``completed``.
+            cancel_after: a deadline after which the server cancels the prediction.
+
+        Returns:
+            The prediction as the server answered: terminal when it finished within
+            ``wait``, else ``starting`` or ``processing``.
+
+        Raises:
+            InputError: the arguments are invalid; nothing was sent.
+            APIError: the server refused the create.
+            CreateInDoubt: the create may have happened and could not be looked up.
+        """
+        request = build_create(
+            model_or_input,
+            input,
+            wait=wait,
+            webhook=webhook,
+            webhook_events_filter=webhook_events_filter,
+            cancel_after=cancel_after,
+        )
+        self._require_key()
+        return await send_create(self._transport, request)
+
+    def _prediction_url(self, prediction_id: str) -> str:
+        return self._transport.url(f"/v1/predictions/{quote(prediction_id, safe='')}")
+
+    async def get(self, prediction: Prediction | str) -> Prediction:
+        """Fetch a prediction by id (or refresh a `Prediction`)."""
+        self._require_key()
+        answer = await self._transport.request("GET", self._prediction_url(_id_of(prediction)))
+        return parse_prediction(answer.data)
+
+    async def cancel(self, prediction: Prediction | str) -> Prediction:
+        """Cancel a prediction; a terminal one is returned unchanged by the server."""
+        self._require_key()
+        url = self._prediction_url(_id_of(prediction)) + "/cancel"
+        return parse_prediction((await self._transport.request("POST", url)).data)
+
+    async def list_predictions(
+        self,
+        *,
+        created_after: dt.datetime | None = None,
+        created_before: dt.datetime | None = None,
+    ) -> AsyncIterator[Prediction]:
+        """Yield the account's predictions, newest first, following the cursor pages."""
+        self._require_key()
+        query = {
+            key: value.isoformat()
+            for key, value in (("created_after", created_after), ("created_before", created_before))
+            if value is not None
+        }
+        url: str | None = self._transport.url("/v1/predictions")
+        if query:
+            url = f"{url}?{urlencode(query)}"
+        while url is not None:
+            page = parse_page((await self._transport.request("GET", url)).data)
+            for prediction in page.results:
+                yield prediction
+            url = self._transport.cursor_url(page.next)
+
+    # -- waiting -----------------------------------------------------------------------
+
+    async def _start(self, prediction: Prediction | str) -> Prediction:
+        return prediction if isinstance(prediction, Prediction) else await self.get(prediction)
+
+    async def watch(self, prediction: Prediction | str) -> AsyncIterator[Prediction]:
+        """Yield the prediction each time its status, output or logs change.
+
+        The first item is the prediction as given (fetched, for an id); the iterator
+        ends after a terminal one.
+        """
+        first = await self._start(prediction)
+        async for snapshot in watch(first, self.get, self._schedule):
+            yield snapshot
+
+    async def wait(
+        self,
+        prediction: Prediction | str,
+        *,
+        timeout: Duration | None = None,
+        cancel_on_exit: bool = False,
+    ) -> Prediction:
+        """Wait until the prediction is terminal and return it.
+
+        Args:
+            prediction: a `Prediction` or an id.
+            timeout: the deadline for the whole wait, in seconds.
+            cancel_on_exit: cancel the prediction on the server if the wait ends without a
+                terminal prediction (deadline passed, or the task was cancelled).
+
+        Raises:
+            WaitTimeout: the deadline passed; it carries the last prediction seen.
+        """
+        seconds = to_seconds(timeout, name="timeout")
+        first = await self._start(prediction)
+        finished = False
+        try:
+            result = await wait_for(first, self.get, self._schedule, timeout=seconds)
+            finished = True
+            return result
+        finally:
+            if cancel_on_exit and not finished:
+                await cancel_quietly(self.cancel, first.id)
+
+    async def run(
+        self,
+        model_or_input: str | ModelInput,
+        input: Mapping[str, Any] | ModelInput | None = None,  # noqa: A002
+        *,
+        timeout: Duration | None = None,
+        cancel_on_exit: bool = True,
+        webhook: str | None = None,
+        webhook_events_filter: list[str] | tuple[str, ...] | None = None,
+    ) -> Prediction:
+        """Create a prediction and wait for it to succeed.
+
+        The create holds the request open (``Prefer: wait``, see `PollPolicy.sync_wait`)
+        so a prediction that finishes within it costs one request; otherwise it is polled.
+
+        Raises:
+            PredictionFailed: the prediction failed.
+            PredictionCanceled: the prediction was canceled or aborted.
+            WaitTimeout: ``timeout`` seconds passed; the prediction was canceled on the
+                server unless ``cancel_on_exit=False``.
+        """
+        seconds = to_seconds(timeout, name="timeout")
+        deadline = math.inf if seconds is None else time.monotonic() + seconds
+        sync = self.poll.sync_wait
+        if sync is not None and seconds is not None:
+            sync = max(1.0, min(sync, seconds))
+        prediction = await self.create(
+            model_or_input,
+            input,
+            wait=sync,
+            webhook=webhook,
+            webhook_events_filter=webhook_events_filter,
+        )
+        remaining = None if seconds is None else max(0.0, deadline - time.monotonic())
+        try:
+            done = await self.wait(prediction, timeout=remaining, cancel_on_exit=cancel_on_exit)
+        except WaitTimeout as exc:
+            exc.args = (f"prediction {prediction.id} did not finish within {seconds:g}s",)
+            raise
+        return raise_for_outcome(done)
+
+
+def _id_of(prediction: Prediction | str) -> str:
+    if isinstance(prediction, Prediction):
+        return prediction.id
+    value: object = prediction
+    if isinstance(value, str) and value.strip():
+        return value
+    raise InputError(f"expected a Prediction or an id, got {prediction!r}", field="prediction")

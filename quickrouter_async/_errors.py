@@ -1,0 +1,236 @@
+"""The exception tree of quickrouter_async.
+
+Every error the library raises on purpose derives from `QuickRouterError`::
+
+    QuickRouterError
+    ├── InputError (also ValueError)       bad input, caught before any request
+    ├── APIError                           the API answered with an HTTP error
+    │   ├── BadRequestError                400
+    │   ├── AuthenticationError            401
+    │   ├── PaymentRequiredError           402
+    │   ├── PermissionDeniedError          403
+    │   ├── NotFoundError                  404
+    │   ├── InvalidInputError              422 (.invalid_fields)
+    │   ├── RateLimitError                 429 (.retry_after)
+    │   └── ServerError                    5xx
+    ├── TransportError                     no usable answer: connection failed or reset
+    │   ├── RequestTimeout                 one HTTP request took too long
+    │   └── CreateInDoubt                  a create may have happened; carries the input
+    ├── ProtocolError                      an answer that is not what the API promises
+    ├── PredictionError (.prediction)      a prediction ended badly
+    │   ├── PredictionFailed               status "failed"
+    │   └── PredictionCanceled             status "canceled" or "aborted"
+    ├── WaitTimeout (.prediction)          the deadline of wait()/run() passed
+    └── WebhookVerificationError           a webhook failed signature checks
+
+Messages never contain the API key: the transport builds them from the answer's body and
+the request's method and path only.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping, Sequence
+
+    from ._models import Prediction
+
+__all__ = [
+    "APIError",
+    "AuthenticationError",
+    "BadRequestError",
+    "CreateInDoubt",
+    "InputError",
+    "InvalidInputError",
+    "NotFoundError",
+    "PaymentRequiredError",
+    "PermissionDeniedError",
+    "PredictionCanceled",
+    "PredictionError",
+    "PredictionFailed",
+    "ProtocolError",
+    "QuickRouterError",
+    "RateLimitError",
+    "RequestTimeout",
+    "ServerError",
+    "TransportError",
+    "WaitTimeout",
+    "WebhookVerificationError",
+]
+
+
+class QuickRouterError(Exception):
+    """The base of every error quickrouter_async raises on purpose."""
+
+
+class InputError(QuickRouterError, ValueError):
+    """Input that the API would refuse, caught before any request was sent.
+
+    Attributes:
+        field: the name of the offending input field, when one is to blame.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class APIError(QuickRouterError):
+    """The API answered with an HTTP error status.
+
+    Attributes:
+        status: the HTTP status code.
+        title: the problem's short title (RFC 7807 ``title``), if any.
+        detail: the human-readable explanation, if any.
+        body: the parsed JSON body (a dict), the raw text, or None.
+        method: the HTTP method of the request.
+        path: the path of the request (never the query's secrets nor the key).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        title: str | None = None,
+        detail: str | None = None,
+        body: object = None,
+        method: str = "",
+        path: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.title = title
+        self.detail = detail
+        self.body = body
+        self.method = method
+        self.path = path
+
+
+class BadRequestError(APIError):
+    """HTTP 400: the request was malformed."""
+
+
+class AuthenticationError(APIError):
+    """HTTP 401: the API key is missing or wrong."""
+
+
+class PaymentRequiredError(APIError):
+    """HTTP 402: billing is not set up, or the credit ran out."""
+
+
+class PermissionDeniedError(APIError):
+    """HTTP 403: the key may not use this model or endpoint."""
+
+
+class NotFoundError(APIError):
+    """HTTP 404: no such prediction, model or endpoint."""
+
+
+class InvalidInputError(APIError):
+    """HTTP 422: the server refused the input or the model version.
+
+    Attributes:
+        invalid_fields: the server's list of ``{"type", "field", "description"}`` entries.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        invalid_fields: Sequence[Mapping[str, Any]] = (),
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(message, **kwargs)
+        self.invalid_fields: list[dict[str, Any]] = [dict(f) for f in invalid_fields]
+
+
+class RateLimitError(APIError):
+    """HTTP 429: the request was throttled.
+
+    Attributes:
+        retry_after: seconds the server asked to wait, when it said so.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.retry_after = retry_after
+
+
+class ServerError(APIError):
+    """HTTP 5xx: the server failed."""
+
+
+class TransportError(QuickRouterError):
+    """No usable answer arrived: the connection failed, was reset or timed out.
+
+    Attributes:
+        request_sent: False only when the request certainly never reached the server
+            (the connection could not be opened), so sending it again is safe.
+    """
+
+    def __init__(self, message: str, *, request_sent: bool = True) -> None:
+        super().__init__(message)
+        self.request_sent = request_sent
+
+
+class RequestTimeout(TransportError):
+    """One HTTP request took longer than its timeout."""
+
+
+class CreateInDoubt(TransportError):
+    """A create may or may not have produced a prediction, and looking it up failed.
+
+    The prediction may exist on the server and may be billed. Look it up with
+    ``client.list_predictions()`` before sending the input again.
+
+    Attributes:
+        model: the model the create was for.
+        input: the input that was sent.
+    """
+
+    def __init__(self, message: str, *, model: str, input: Mapping[str, Any]) -> None:  # noqa: A002
+        super().__init__(message, request_sent=True)
+        self.model = model
+        self.input = dict(input)
+
+
+class ProtocolError(QuickRouterError):
+    """The server's answer is not what the API promises (wrong shape, type or encoding)."""
+
+
+class PredictionError(QuickRouterError):
+    """A prediction reached a terminal status other than ``succeeded``.
+
+    Attributes:
+        prediction: the terminal prediction.
+    """
+
+    def __init__(self, message: str, *, prediction: Prediction) -> None:
+        super().__init__(message)
+        self.prediction = prediction
+
+
+class PredictionFailed(PredictionError):
+    """The prediction ended with status ``failed``; ``prediction.error`` says why."""
+
+
+class PredictionCanceled(PredictionError):
+    """The prediction ended with status ``canceled`` or ``aborted``."""
+
+
+class WaitTimeout(QuickRouterError, TimeoutError):
+    """The deadline of ``wait()`` or ``run()`` passed before the prediction finished.
+
+    Attributes:
+        prediction: the last prediction seen, or None if none was seen.
+    """
+
+    def __init__(self, message: str, *, prediction: Prediction | None) -> None:
+        super().__init__(message)
+        self.prediction = prediction
+
+
+class WebhookVerificationError(QuickRouterError):
+    """A webhook request failed verification (signature, timestamp or body)."""

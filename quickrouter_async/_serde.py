@@ -1,0 +1,182 @@
+"""The one cattrs converter, and every hook that turns JSON into models and back.
+
+Reading is lenient: any field but ``id`` and ``status`` may be missing, unknown fields are
+kept in `Prediction.extra`, timestamps may carry 0 to 9 fractional digits. A body that is
+not a prediction at all raises `ProtocolError`. Models never call the converter
+themselves; the client and the transport do.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Mapping
+from typing import Any, Final
+
+import attrs
+from cattrs.preconf.json import make_converter
+
+from ._errors import InputError, ProtocolError
+from ._models import Prediction, PredictionPage, Status, merge_extra
+
+__all__ = [
+    "converter",
+    "input_payload",
+    "parse_page",
+    "parse_prediction",
+    "parse_timestamp",
+    "prediction_to_json",
+]
+
+converter: Final = make_converter(omit_if_default=False)
+
+_DATETIME_FIELDS: Final = ("created_at", "started_at", "completed_at", "deadline")
+_STRING_FIELDS: Final = (
+    "model",
+    "version",
+    "logs",
+    "source",
+    "deployment",
+    "webhook",
+)
+_KNOWN: Final = frozenset(
+    {"id", "status", "input", "output", "error", "data_removed", "metrics", "urls"}
+    | set(_DATETIME_FIELDS)
+    | set(_STRING_FIELDS)
+    | {"webhook_events_filter"}
+)
+
+
+def parse_timestamp(value: object, *, field: str = "timestamp") -> dt.datetime | None:
+    """Parse an RFC 3339 timestamp with any number of fractional digits (naive = UTC)."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ProtocolError(f"{field} is not a timestamp string: {value!r:.80}")
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        raise ProtocolError(f"{field} is not an RFC 3339 timestamp: {value!r:.80}") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+def _optional_str(data: Mapping[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    if value is None or isinstance(value, str):
+        return value
+    raise ProtocolError(f"prediction field {key!r} should be a string, got {value!r:.80}")
+
+
+def _optional_dict(data: Mapping[str, Any], key: str) -> dict[str, Any] | None:
+    value = data.get(key)
+    if value is None or isinstance(value, dict):
+        return value
+    raise ProtocolError(f"prediction field {key!r} should be an object, got {value!r:.80}")
+
+
+def _error_text(value: object) -> str | None:
+    # Servers put a string here; some gateways put an object. Keep it readable either way.
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(value, Mapping):
+        for key in ("message", "detail", "error"):
+            if isinstance(value.get(key), str):
+                return str(value[key])
+    return str(value)
+
+
+def parse_prediction(data: object) -> Prediction:
+    """Turn a decoded JSON body into a `Prediction`, or raise `ProtocolError`."""
+    if not isinstance(data, Mapping):
+        raise ProtocolError(f"expected a prediction object, got {type(data).__name__}")
+    pid = data.get("id")
+    status = data.get("status")
+    if not isinstance(pid, str) or not pid:
+        raise ProtocolError("the answer is not a prediction: it has no string 'id'")
+    if not isinstance(status, str):
+        raise ProtocolError(f"prediction {pid} has no string 'status' (got {status!r:.40})")
+    filters = data.get("webhook_events_filter")
+    if filters is not None and not (
+        isinstance(filters, list) and all(isinstance(f, str) for f in filters)
+    ):
+        raise ProtocolError("prediction field 'webhook_events_filter' should be a string list")
+    data_removed = data.get("data_removed")
+    if data_removed is not None and not isinstance(data_removed, bool):
+        raise ProtocolError("prediction field 'data_removed' should be a boolean")
+    return Prediction(
+        id=pid,
+        status=Status(status),
+        input=_optional_dict(data, "input"),
+        output=data.get("output"),
+        error=_error_text(data.get("error")),
+        data_removed=data_removed,
+        metrics=_optional_dict(data, "metrics"),
+        urls=_optional_dict(data, "urls"),
+        webhook_events_filter=filters,
+        extra={k: v for k, v in data.items() if k not in _KNOWN},
+        model=_optional_str(data, "model"),
+        version=_optional_str(data, "version"),
+        logs=_optional_str(data, "logs"),
+        source=_optional_str(data, "source"),
+        deployment=_optional_str(data, "deployment"),
+        webhook=_optional_str(data, "webhook"),
+        created_at=parse_timestamp(data.get("created_at"), field="created_at"),
+        started_at=parse_timestamp(data.get("started_at"), field="started_at"),
+        completed_at=parse_timestamp(data.get("completed_at"), field="completed_at"),
+        deadline=parse_timestamp(data.get("deadline"), field="deadline"),
+    )
+
+
+def parse_page(data: object) -> PredictionPage:
+    """Turn a decoded ``GET /predictions`` body into a `PredictionPage`."""
+    if not isinstance(data, Mapping) or not isinstance(data.get("results"), list):
+        raise ProtocolError("expected a page of predictions with a 'results' list")
+    next_url, previous = data.get("next"), data.get("previous")
+    if not isinstance(next_url, str | None) or not isinstance(previous, str | None):
+        raise ProtocolError("the page's 'next' and 'previous' should be URLs or null")
+    return PredictionPage(
+        results=[parse_prediction(item) for item in data["results"]],
+        next=next_url or None,
+        previous=previous or None,
+    )
+
+
+def _timestamp_text(value: dt.datetime | None) -> str | None:
+    return None if value is None else value.isoformat().replace("+00:00", "Z")
+
+
+def prediction_to_json(prediction: Prediction) -> dict[str, Any]:
+    """The prediction as a JSON object, unknown fields included, None fields left out."""
+    known: dict[str, Any] = {}
+    for field in attrs.fields(Prediction):
+        if field.name == "extra":
+            continue
+        value = getattr(prediction, field.name)
+        if value is None:
+            continue
+        if isinstance(value, dt.datetime):
+            value = _timestamp_text(value)
+        elif isinstance(value, Status):
+            value = value.value
+        known[field.name] = value
+    return merge_extra(known, prediction.extra)
+
+
+def input_payload(value: object) -> dict[str, Any]:
+    """The request's ``input`` object for a typed input or a mapping, None left out.
+
+    A typed input's ``model`` attribute names the model and is not sent.
+    """
+    if isinstance(value, Mapping):
+        payload = dict(value)
+        for key in payload:
+            if not isinstance(key, str):
+                raise InputError(f"input keys must be strings, got {key!r}", field="input")
+    elif attrs.has(type(value)):
+        payload = converter.unstructure(value)
+        payload.pop("model", None)
+    else:
+        raise InputError(
+            f"input must be a typed input or a mapping, not {type(value).__name__}",
+            field="input",
+        )
+    return {key: item for key, item in payload.items() if item is not None}

@@ -18,7 +18,8 @@ from ._config import (
 )
 from ._create import build_create, send_create
 from ._errors import AuthenticationError, InputError, WaitTimeout
-from ._models import Prediction
+from ._files import DEFAULT_MAX_BYTES, download_outputs, prediction_of
+from ._models import Outcome, Prediction
 from ._polling import Schedule, cancel_quietly, raise_for_outcome, wait_for, watch
 from ._serde import parse_page, parse_prediction
 from ._transport import Transport
@@ -26,7 +27,9 @@ from ._version import __version__
 
 if TYPE_CHECKING:
     import datetime as dt
+    import os
     from collections.abc import AsyncIterator, Mapping
+    from pathlib import Path
     from types import TracebackType
 
     import aiohttp
@@ -293,6 +296,41 @@ class QuickRouter:
             raise
         return raise_for_outcome(done)
 
+
+    # -- outputs -----------------------------------------------------------------------
+
+    async def download(
+        self,
+        target: Prediction | Outcome[Any] | str,
+        dest: str | os.PathLike[str],
+        *,
+        concurrency: int = 4,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> list[Path]:
+        """Stream every output file of a prediction into ``dest`` and return the paths.
+
+        Files are named ``{prediction id}-{index}.{ext}``, the extension from the content
+        type; each is written to a temporary file and renamed when complete. ``data:``
+        URIs are decoded. File hosts never receive the API key.
+
+        Args:
+            target: a `Prediction`, an `Outcome`, or a prediction id (fetched first).
+            dest: the folder, created if missing.
+            concurrency: files downloaded at once.
+            max_bytes: the largest file accepted.
+
+        Raises:
+            InputError: the target has no prediction.
+            ProtocolError: an output is not a URL, or is larger than ``max_bytes``.
+            TransportError: a file could not be fetched after retries.
+        """
+        if isinstance(target, str):
+            prediction = await self.get(target)
+        else:
+            prediction = prediction_of(target)
+        return await download_outputs(
+            self._transport, prediction, dest, concurrency=concurrency, max_bytes=max_bytes
+        )
 
 def _id_of(prediction: Prediction | str) -> str:
     if isinstance(prediction, Prediction):

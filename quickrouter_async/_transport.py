@@ -7,6 +7,7 @@ exception tree and logs each request at DEBUG and each retry at INFO, never with
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import json
 import logging
@@ -37,7 +38,7 @@ from ._errors import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import AsyncIterator, Awaitable, Callable
 
     from ._config import RetryPolicy, Timeouts
 
@@ -395,6 +396,39 @@ class Transport:
                 f"JSON: {raw[:80]!r}"
             ) from None
         return Response(status, answer_headers, body)
+
+    @contextlib.asynccontextmanager
+    async def stream(self, url: str) -> AsyncIterator[tuple[str | None, AsyncIterator[bytes]]]:
+        """Open a file download: its content type and an iterator over its chunks.
+
+        The key is sent only when ``url`` is on the API host; redirects are followed only
+        for file hosts, which never get the key.
+
+        Raises:
+            TransportError: the connection failed or timed out (worth retrying).
+            APIError: the file host answered with an error status.
+        """
+        path = urlsplit(url).path
+        try:
+            async with self._slots, self.session.get(
+                url,
+                headers=self._headers(url, None) | {"Accept": "*/*"},
+                timeout=self._client_timeout(0.0),
+                allow_redirects=not self.is_api_url(url),
+            ) as answer:
+                if answer.status >= 400:
+                    raw = await answer.content.read(4096)
+                    error = error_from_answer(
+                        answer.status, answer.headers, raw, method="GET", path=path
+                    )
+                    if isinstance(error, ServerError | RateLimitError):
+                        raise TransportError(str(error)) from error
+                    raise error
+                yield answer.headers.get("Content-Type"), answer.content.iter_chunked(65536)
+        except TimeoutError as exc:
+            raise RequestTimeout(f"download of {path} timed out") from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise TransportError(f"download of {path} failed: {type(exc).__name__}") from exc
 
     @staticmethod
     async def _read_body(answer: aiohttp.ClientResponse) -> bytes:

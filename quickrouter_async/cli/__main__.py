@@ -1,0 +1,7 @@
+"""``python -m quickrouter_async.cli``."""
+
+import sys
+
+from . import main
+
+sys.exit(main())

@@ -36,6 +36,7 @@ from ._errors import (
 from ._inputs import Imagen4Input, ModelInput, Seedream4Input
 from ._models import Outcome, Prediction, PredictionPage, Status
 from ._version import __version__
+from ._webhooks import verify_webhook
 
 __all__ = [
     "APIError",
@@ -70,4 +71,5 @@ __all__ = [
     "WaitTimeout",
     "WebhookVerificationError",
     "__version__",
+    "verify_webhook",
 ]

@@ -6,7 +6,6 @@ import inspect
 from typing import TYPE_CHECKING
 
 import pytest
-
 import quickrouter_async as qr
 from quickrouter_async.testing import Emulator
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import pytest
-
 import quickrouter_async as qr
 
 from .conftest import FAST_POLL
@@ -42,14 +41,16 @@ async def test_imagen_runs_to_completion(replay_client: qr.QuickRouter) -> None:
 async def test_seedream_runs_to_completion(replay_client: qr.QuickRouter) -> None:
     p = await replay_client.run(qr.Seedream4Input(prompt="a store front"))
     assert p.succeeded
-    assert isinstance(p.output, list) and len(p.output_urls) == 1
+    assert isinstance(p.output, list)
+    assert len(p.output_urls) == 1
 
 
 async def test_generic_model_by_name_and_by_version(
     replay_client: qr.QuickRouter, replay: ReplayServer
 ) -> None:
     p = await replay_client.run("google/nano-banana", {"prompt": "x"})
-    assert p.succeeded and p.model == "google/nano-banana"
+    assert p.succeeded
+    assert p.model == "google/nano-banana"
     v = await replay_client.create("google/imagen-4:" + "a" * 64, {"prompt": "y"})
     assert v.model == "google/imagen-4"
     done = await replay_client.wait(v, timeout=5)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 import quickrouter_async as qr
 from quickrouter_async._transport import error_from_answer
 

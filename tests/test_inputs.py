@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import attrs
 import pytest
+import quickrouter_async as qr
 from hypothesis import given
 from hypothesis import strategies as st
-
-import quickrouter_async as qr
 from quickrouter_async._serde import input_payload
 
 IMAGEN_RATIOS = ["1:1", "9:16", "16:9", "3:4", "4:3"]
@@ -128,7 +127,10 @@ def test_seedream_enums_and_flags() -> None:
         qr.Seedream4Input(prompt="x", sequential_image_generation="on")  # type: ignore[arg-type]
     with pytest.raises(qr.InputError, match="enhance_prompt"):
         qr.Seedream4Input(prompt="x", enhance_prompt="yes")  # type: ignore[arg-type]
-    assert input_payload(qr.Seedream4Input(prompt="x", enhance_prompt=False))["enhance_prompt"] is False
+    assert (
+        input_payload(qr.Seedream4Input(prompt="x", enhance_prompt=False))["enhance_prompt"]
+        is False
+    )
 
 
 @given(
@@ -145,7 +147,10 @@ def test_imagen_payload_round_trips(prompt: str, aspect_ratio: str, output_forma
 @given(
     prompt=prompts,
     aspect_ratio=st.sampled_from(SEEDREAM_RATIOS),
-    images=st.lists(st.from_regex(r"https://[a-z]{1,10}\.example/[a-z0-9]{1,8}\.png", fullmatch=True), max_size=10),
+    images=st.lists(
+        st.from_regex(r"https://[a-z]{1,10}\.example/[a-z0-9]{1,8}\.png", fullmatch=True),
+        max_size=10,
+    ),
     auto=st.booleans(),
     max_images=st.integers(1, 15),
     custom=st.none() | st.tuples(st.integers(1024, 4096), st.integers(1024, 4096)),

@@ -6,10 +6,9 @@ import datetime as dt
 from typing import Any
 
 import pytest
+import quickrouter_async as qr
 from hypothesis import given
 from hypothesis import strategies as st
-
-import quickrouter_async as qr
 from quickrouter_async._serde import _KNOWN, parse_page, parse_prediction, prediction_to_json
 
 FULL: dict[str, Any] = {
@@ -38,27 +37,34 @@ FULL: dict[str, Any] = {
 def test_full_prediction() -> None:
     p = parse_prediction(FULL)
     assert p.status is qr.Status.SUCCEEDED
-    assert p.terminal and p.succeeded
+    assert p.terminal
+    assert p.succeeded
     assert p.output_urls == [FULL["output"]]
     assert p.predict_time == pytest.approx(4.93)
     assert p.created_at == dt.datetime(2025, 9, 10, 8, 15, 35, 262000, tzinfo=dt.UTC)
-    assert p.started_at is not None and p.started_at.microsecond == 64900
+    assert p.started_at is not None
+    assert p.started_at.microsecond == 64900
     assert p.extra == {}
 
 
 @pytest.mark.parametrize("digits", range(10))
 def test_timestamps_with_any_fractional_digits(digits: int) -> None:
     fraction = "." + "123456789"[:digits] if digits else ""
-    p = parse_prediction({"id": "x", "status": "starting", "created_at": f"2025-01-02T03:04:05{fraction}Z"})
+    p = parse_prediction(
+        {"id": "x", "status": "starting", "created_at": f"2025-01-02T03:04:05{fraction}Z"}
+    )
     assert p.created_at is not None
-    assert p.created_at.second == 5 and p.created_at.tzinfo is not None
+    assert p.created_at.second == 5
+    assert p.created_at.tzinfo is not None
 
 
 def test_minimal_prediction_and_missing_fields() -> None:
     p = parse_prediction({"id": "abc", "status": "starting"})
     assert p.status is qr.Status.STARTING
     assert not p.terminal
-    assert p.output is None and p.output_urls == [] and p.urls is None
+    assert p.output is None
+    assert p.output_urls == []
+    assert p.urls is None
     assert p.predict_time is None
 
 
@@ -77,7 +83,8 @@ def test_unknown_status_is_kept_and_not_terminal() -> None:
     p = parse_prediction({"id": "a", "status": "queued"})
     assert p.status == "queued"
     assert p.status.value == "queued"
-    assert not p.status.terminal and not p.status.known
+    assert not p.status.terminal
+    assert not p.status.known
     assert qr.Status.SUCCEEDED.known
 
 
@@ -93,7 +100,10 @@ def test_unknown_fields_are_kept_and_written_back() -> None:
 
 
 def test_error_objects_become_text() -> None:
-    assert parse_prediction({"id": "a", "status": "failed", "error": {"message": "boom"}}).error == "boom"
+    assert (
+        parse_prediction({"id": "a", "status": "failed", "error": {"message": "boom"}}).error
+        == "boom"
+    )
     assert parse_prediction({"id": "a", "status": "failed", "error": ["x"]}).error == "['x']"
 
 
@@ -121,8 +131,12 @@ def test_bodies_that_are_not_predictions(body: object) -> None:
 
 
 def test_pages() -> None:
-    page = parse_page({"next": "https://x/v1/predictions?cursor=a", "previous": None, "results": [FULL]})
-    assert page.next and page.previous is None and page.results[0].id == FULL["id"]
+    page = parse_page(
+        {"next": "https://x/v1/predictions?cursor=a", "previous": None, "results": [FULL]}
+    )
+    assert page.next
+    assert page.previous is None
+    assert page.results[0].id == FULL["id"]
     with pytest.raises(qr.ProtocolError):
         parse_page({"results": {}})
     with pytest.raises(qr.ProtocolError):
@@ -139,26 +153,41 @@ def test_outcome_ok() -> None:
 def test_html_render_escapes() -> None:
     p = parse_prediction({**FULL, "input": {"prompt": "<script>"}, "error": "x<y"})
     rendered = p._repr_html_()
-    assert "<script>" not in rendered and "&lt;script&gt;" in rendered
+    assert "<script>" not in rendered
+    assert "&lt;script&gt;" in rendered
     assert "<img src='https://replicate.delivery" in rendered
     assert "x&lt;y" in rendered
 
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3)
+    ),
     max_leaves=10,
 )
 
 
 @given(
-    status=st.sampled_from(["starting", "processing", "succeeded", "failed", "canceled", "aborted", "weird"]),
+    status=st.sampled_from(
+        ["starting", "processing", "succeeded", "failed", "canceled", "aborted", "weird"]
+    ),
     output=json_values,
-    extra=st.dictionaries(st.text(min_size=1, max_size=8).filter(lambda k: k not in _KNOWN), json_values, max_size=3),
+    extra=st.dictionaries(
+        st.text(min_size=1, max_size=8).filter(lambda k: k not in _KNOWN), json_values, max_size=3
+    ),
     timestamp=st.datetimes(timezones=st.just(dt.UTC)),
 )
-def test_round_trip(status: str, output: object, extra: dict[str, Any], timestamp: dt.datetime) -> None:
-    data = {**FULL, **extra, "status": status, "output": output, "created_at": timestamp.isoformat()}
+def test_round_trip(
+    status: str, output: object, extra: dict[str, Any], timestamp: dt.datetime
+) -> None:
+    data = {
+        **FULL,
+        **extra,
+        "status": status,
+        "output": output,
+        "created_at": timestamp.isoformat(),
+    }
     p = parse_prediction(data)
     assert p.status == status
     assert p.created_at == timestamp

@@ -33,6 +33,7 @@ from ._errors import (
     WaitTimeout,
     WebhookVerificationError,
 )
+from ._fanout import Progress
 from ._inputs import Imagen4Input, ModelInput, Seedream4Input
 from ._models import Outcome, Prediction, PredictionPage, Status
 from ._version import __version__
@@ -57,6 +58,7 @@ __all__ = [
     "PredictionError",
     "PredictionFailed",
     "PredictionPage",
+    "Progress",
     "ProtocolError",
     "QuickRouter",
     "QuickRouterError",

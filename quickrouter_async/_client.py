@@ -18,9 +18,11 @@ from ._config import (
 )
 from ._create import build_create, send_create
 from ._errors import AuthenticationError, InputError, WaitTimeout
+from ._fanout import Inputs, InputT, ProgressCallback, RunMany, concurrency_of
 from ._files import DEFAULT_MAX_BYTES, download_outputs, prediction_of
 from ._models import Outcome, Prediction
 from ._polling import Schedule, cancel_quietly, raise_for_outcome, wait_for, watch
+from ._ratelimit import RateLimiter
 from ._serde import parse_page, parse_prediction
 from ._transport import Transport
 from ._version import __version__
@@ -87,15 +89,19 @@ class QuickRouter:
         self.max_concurrency = max_concurrency
         self.rate_limit = rate_limit
         self.poll = poll or PollPolicy()
-        self._has_key = resolve_api_key(api_key) is not None
+        key = resolve_api_key(api_key)
+        self._has_key = bool(key)  # an empty key is no key
         self._transport = Transport(
             base_url=self.base_url,
-            api_key=resolve_api_key(api_key),
+            api_key=key,
             timeouts=Timeouts.coerce(timeout),
             retry=retry or RetryPolicy(),
             session=session,
             connections=max_concurrency + _SPARE_CONNECTIONS,
             user_agent=f"quickrouter-async/{__version__}",
+        )
+        self._transport.create_limiter = RateLimiter(
+            rate_limit, max_pause=self._transport.retry.max_retry_after
         )
         self._schedule = Schedule(self.poll)
 
@@ -213,17 +219,28 @@ class QuickRouter:
 
     # -- waiting -----------------------------------------------------------------------
 
-    async def _start(self, prediction: Prediction | str) -> Prediction:
-        return prediction if isinstance(prediction, Prediction) else await self.get(prediction)
+    async def _poll(self, prediction_id: str) -> tuple[Prediction, Mapping[str, str]]:
+        """Fetch a prediction for a wait, with the answer's headers (``Retry-After``)."""
+        answer = await self._transport.request("GET", self._prediction_url(prediction_id))
+        return parse_prediction(answer.data), answer.headers
+
+    async def _give_up(self, prediction_id: str) -> Prediction | None:
+        """Cancel a prediction nobody waits for any more: shielded, bounded in time."""
+        return await cancel_quietly(self.cancel, prediction_id)
+
+    def _start(self, prediction: Prediction | str) -> Prediction | str:
+        self._require_key()
+        return prediction if isinstance(prediction, Prediction) else _id_of(prediction)
 
     async def watch(self, prediction: Prediction | str) -> AsyncIterator[Prediction]:
         """Yield the prediction each time its status, output or logs change.
 
         The first item is the prediction as given (fetched, for an id); the iterator
-        ends after a terminal one.
+        ends after a terminal one. Polls follow the client's `PollPolicy`: by default a
+        schedule learned per model, dense around the time its predictions usually
+        finish and sparse elsewhere.
         """
-        first = await self._start(prediction)
-        async for snapshot in watch(first, self.get, self._schedule):
+        async for snapshot in watch(self._start(prediction), self._poll, self._schedule):
             yield snapshot
 
     async def wait(
@@ -237,23 +254,24 @@ class QuickRouter:
 
         Args:
             prediction: a `Prediction` or an id.
-            timeout: the deadline for the whole wait, in seconds.
-            cancel_on_exit: cancel the prediction on the server if the wait ends without a
-                terminal prediction (deadline passed, or the task was cancelled).
+            timeout: the deadline for the whole wait, in seconds or a `timedelta`.
+            cancel_on_exit: cancel the prediction on the server if the wait ends without
+                a terminal prediction (deadline passed, task cancelled, an error).
 
         Raises:
-            WaitTimeout: the deadline passed; it carries the last prediction seen.
+            WaitTimeout: the deadline passed; it carries the last prediction seen (as
+                the cancel answered, with ``cancel_on_exit``).
         """
         seconds = to_seconds(timeout, name="timeout")
-        first = await self._start(prediction)
-        finished = False
-        try:
-            result = await wait_for(first, self.get, self._schedule, timeout=seconds)
-            finished = True
-            return result
-        finally:
-            if cancel_on_exit and not finished:
-                await cancel_quietly(self.cancel, first.id)
+        deadline = math.inf if seconds is None else time.monotonic() + seconds
+        return await wait_for(
+            self._start(prediction),
+            self._poll,
+            self._schedule,
+            transport=self._transport,
+            deadline=deadline,
+            give_up=self._give_up if cancel_on_exit else None,
+        )
 
     async def run(
         self,
@@ -267,35 +285,94 @@ class QuickRouter:
     ) -> Prediction:
         """Create a prediction and wait for it to succeed.
 
-        The create holds the request open (``Prefer: wait``, see `PollPolicy.sync_wait`)
-        so a prediction that finishes within it costs one request; otherwise it is polled.
+        The create holds the request open (``Prefer: wait``, up to `PollPolicy.sync_wait`
+        and never past the deadline), so a prediction that finishes within it costs one
+        request; otherwise, or if the server ignores the header, it is polled. When the
+        caller gives up (the deadline, a cancelled task or task group), the prediction
+        is canceled on the server, even one whose create had not answered yet.
 
         Raises:
             PredictionFailed: the prediction failed.
             PredictionCanceled: the prediction was canceled or aborted.
-            WaitTimeout: ``timeout`` seconds passed; the prediction was canceled on the
-                server unless ``cancel_on_exit=False``.
+            WaitTimeout: ``timeout`` passed; the prediction was canceled on the server
+                unless ``cancel_on_exit=False``.
         """
         seconds = to_seconds(timeout, name="timeout")
         deadline = math.inf if seconds is None else time.monotonic() + seconds
-        sync = self.poll.sync_wait
-        if sync is not None and seconds is not None:
-            sync = max(1.0, min(sync, seconds))
-        prediction = await self.create(
+        request = build_create(
             model_or_input,
             input,
-            wait=sync,
+            wait=None,
             webhook=webhook,
             webhook_events_filter=webhook_events_filter,
+            cancel_after=None,
         )
-        remaining = None if seconds is None else max(0.0, deadline - time.monotonic())
+        self._require_key()
         try:
-            done = await self.wait(prediction, timeout=remaining, cancel_on_exit=cancel_on_exit)
+            done = await wait_for(
+                request,
+                self._poll,
+                self._schedule,
+                transport=self._transport,
+                deadline=deadline,
+                give_up=self._give_up if cancel_on_exit else None,
+            )
         except WaitTimeout as exc:
-            exc.args = (f"prediction {prediction.id} did not finish within {seconds:g}s",)
+            if cancel_on_exit and exc.prediction is not None:
+                exc.args = (f"{exc.args[0]}; canceled on the server",)
             raise
         return raise_for_outcome(done)
 
+    def run_many(
+        self,
+        inputs: Inputs[InputT],
+        *,
+        concurrency: int | None = None,
+        ordered: bool = False,
+        timeout: Duration | None = None,
+        progress: ProgressCallback | None = None,
+    ) -> RunMany[InputT]:
+        """Run many predictions at once, yielding an `Outcome` for each input.
+
+        Inputs are typed inputs or ``(model, input)`` pairs, from any iterable or async
+        iterable; they are pulled one at a time as slots free up, so a generator of a
+        million inputs is never held in memory. At most ``concurrency`` inputs are in
+        flight; creates are paced by the client's rate limit (found from the server's 429
+        answers unless ``rate_limit=`` was given). Every input gets exactly one outcome:
+        an invalid input, a failed prediction or an HTTP error is its ``error``.
+
+        The result is an async iterator and an async context manager; leaving the
+        ``async with`` block (or a cancelled or broken-off iteration) cancels on the
+        server every prediction still running::
+
+            async with client.run_many(inputs, concurrency=32) as outcomes:
+                async for outcome in outcomes:
+                    print(outcome.index, outcome.ok)
+
+        Args:
+            inputs: typed inputs or ``(model, input)`` pairs, sync or async iterable.
+            concurrency: inputs in flight at once; defaults to ``max_concurrency``.
+            ordered: yield in input order (at most ``2 * concurrency`` outcomes wait).
+            timeout: the deadline of each prediction, in seconds; past it the
+                prediction is canceled and its outcome has a `WaitTimeout`.
+            progress: called with a `Progress` snapshot each time an input starts or
+                finishes (also readable as the result's ``progress``).
+
+        Raises:
+            InputError: ``concurrency`` or ``timeout`` is invalid.
+        """
+        limit = concurrency_of(concurrency, self.max_concurrency)
+        seconds = to_seconds(timeout, name="timeout")
+        self._transport.ensure_connections(limit + _SPARE_CONNECTIONS)
+        return RunMany(
+            self,
+            inputs,
+            concurrency=limit,
+            ordered=ordered,
+            timeout=seconds,
+            progress=progress,
+            limiter=self._transport.create_limiter,
+        )
 
     # -- outputs -----------------------------------------------------------------------
 
@@ -331,6 +408,7 @@ class QuickRouter:
         return await download_outputs(
             self._transport, prediction, dest, concurrency=concurrency, max_bytes=max_bytes
         )
+
 
 def _id_of(prediction: Prediction | str) -> str:
     if isinstance(prediction, Prediction):

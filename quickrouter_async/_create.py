@@ -1,19 +1,33 @@
 """Creating a prediction exactly once.
 
-A create whose fate is unknown (a 5xx, a timeout or a reset after the request was sent)
-is never sent again blindly: the recent predictions are listed and matched on model,
-input and creation time. A match is attached to; only when the prediction is certainly
-absent is the input sent once more; when the lookup itself fails, `CreateInDoubt`
-carries the input to the caller.
+A create whose fate is unknown (a 5xx, a broken answer, a timeout or a reset after the
+request was sent) is never sent again blindly. The recent predictions are listed, newest
+first, and matched on model, input and creation time; a match is attached to. Only when
+the prediction is certainly absent (two lookups a moment apart found nothing) is the
+input sent once more; when the lookup itself fails, `CreateInDoubt` carries the input.
+
+Two submissions of the same input never attach to one prediction. Each client keeps a
+ledger: the ids its creates were answered with or attached to are claimed and never
+matched again, and a lookup for an input first waits until no other create of that same
+input is under way (and holds new ones back), so every prediction the lookup can see
+belongs either to a claimed create or to one whose fate is in doubt.
+
+Creation times are compared on the server's clock, learned from its ``Date`` headers,
+so a client whose clock is wrong still finds its predictions; without a ``Date`` header
+the local clock is used with a generous allowance.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import math
+import time
+import weakref
 from typing import TYPE_CHECKING, Any, Final
 
+import anyio
 import attrs
 
 from ._errors import CreateInDoubt, InputError, QuickRouterError
@@ -27,14 +41,20 @@ if TYPE_CHECKING:
     from ._models import Prediction
     from ._transport import Transport
 
-__all__ = ["CreateRequest", "build_create", "send_create"]
+__all__ = ["CreateRequest", "build_create", "is_claimed", "matches_request", "send_create"]
 
 logger = logging.getLogger(__name__)
 
-# Clocks differ: a prediction created a little "before" the client sent it still matches.
+# Without a Date header the local clock may be this far off the server's.
 _CLOCK_SKEW: Final = dt.timedelta(seconds=120)
-_LOOKUP_PAGES: Final = 3
-_RESENDS: Final = 1
+# With one: its whole-second resolution, the network's delay and a clock per server.
+_DATE_MARGIN: Final = dt.timedelta(seconds=10)
+_LOOKUP_PAGES: Final = 10
+# A create the server is still working on when its connection broke may appear a
+# moment later: an empty lookup is repeated once after this share of a back-off.
+_SETTLE_LOOKUPS: Final = 2
+# Claimed ids are kept this long; lookups only consider younger predictions.
+_CLAIM_SECONDS: Final = 3600.0
 
 
 @attrs.frozen(kw_only=True)
@@ -49,9 +69,16 @@ class CreateRequest:
 
     @property
     def input(self) -> dict[str, Any]:
-        """The ``input`` object sent."""
+        """The ``input`` object sent (as JSON would give it back)."""
         payload: dict[str, Any] = self.body["input"]
         return payload
+
+    @property
+    def key(self) -> str:
+        """Model (version aside) and input as one string: equal for two submissions
+        that one lookup could take for each other.
+        """
+        return self.model.partition(":")[0] + "\n" + json.dumps(self.input, sort_keys=True)
 
 
 def _sync_wait(wait: bool | float | None) -> int | None:  # noqa: FBT001 (mirrors create(wait=))
@@ -71,9 +98,18 @@ def _cancel_after(value: float | dt.timedelta | str | None) -> str | None:
     if isinstance(value, str):
         return value
     seconds = value.total_seconds() if isinstance(value, dt.timedelta) else float(value)
-    if seconds < 5:
+    if not seconds >= 5:
         raise InputError("cancel_after must be at least 5 seconds", field="cancel_after")
     return f"{round(seconds)}s"
+
+
+def _as_json(payload: dict[str, Any]) -> dict[str, Any]:
+    """The input as the server will echo it: JSON types only, checked before sending."""
+    try:
+        normal: dict[str, Any] = json.loads(json.dumps(payload, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"input is not JSON: {exc}", field="input") from None
+    return normal
 
 
 def build_create(
@@ -101,7 +137,7 @@ def build_create(
             f"expected a model name or a typed input, not {type(model_or_input).__name__}",
             field="model",
         )
-    body: dict[str, Any] = {"input": payload}
+    body: dict[str, Any] = {"input": _as_json(payload)}
     if ":" in model or "/" not in model:
         path = "/v1/predictions"
         body["version"] = model
@@ -130,85 +166,240 @@ def build_create(
     return CreateRequest(model=model, path=path, body=body, headers=headers, sync_wait=sync)
 
 
-def _matches(prediction: Prediction, request: CreateRequest, since: dt.datetime) -> bool:
-    model = request.model.split(":", 1)[0]
-    if prediction.model is not None and prediction.model != model:
+def matches_request(prediction: Prediction, request: CreateRequest) -> bool:
+    """Whether ``prediction`` may be the one ``request`` made: same model and input.
+
+    The model is ``owner/name`` or ``owner/name:version``; whatever the prediction
+    leaves out (or hides, as ``"hidden"``) is not held against it. Inputs are compared
+    as JSON values, as the server echoes them (API.md: defaults are not filled in).
+    """
+    name, _, version = request.model.partition(":")
+    if prediction.model is not None and prediction.model != name:
         return False
-    if prediction.created_at is not None and prediction.created_at < since - _CLOCK_SKEW:
+    if version and prediction.version not in {None, "hidden", version}:
         return False
     return prediction.input == request.input
 
 
+def _matches(prediction: Prediction, request: CreateRequest, since: dt.datetime) -> bool:
+    """`matches_request`, and created no earlier than ``since`` less the clock allowance."""
+    if prediction.created_at is not None and prediction.created_at < since - _CLOCK_SKEW:
+        return False
+    return matches_request(prediction, request)
+
+
+class _Input:
+    """The creates of one input: how many are under way, and the gate lookups hold."""
+
+    def __init__(self) -> None:
+        self.users = 0
+        self.sending = 0
+        self.gate = anyio.Lock()
+        self.idle = anyio.Event()
+        self.idle.set()
+
+    async def begin(self) -> None:
+        async with self.gate:  # waits while a lookup for this input runs
+            if self.sending == 0:
+                self.idle = anyio.Event()
+            self.sending += 1
+
+    def end(self) -> None:
+        self.sending -= 1
+        if self.sending == 0:
+            self.idle.set()
+
+    async def settle(self) -> None:
+        """Wait until no create of this input is under way (the gate is held)."""
+        while self.sending:
+            await self.idle.wait()
+
+
+class _Ledger:
+    """One client's claimed prediction ids and its creates under way, by input."""
+
+    def __init__(self) -> None:
+        self.claimed: dict[str, float] = {}
+        self.inputs: dict[str, _Input] = {}
+
+    def claim(self, prediction_id: str) -> None:
+        now = time.monotonic()
+        # Oldest first (insertion order): forget what no lookup can match any more.
+        stale = []
+        for old, claimed_at in self.claimed.items():
+            if now - claimed_at < _CLAIM_SECONDS:
+                break
+            stale.append(old)
+        for old in stale:
+            del self.claimed[old]
+        self.claimed.pop(prediction_id, None)
+        self.claimed[prediction_id] = now
+
+    def enter(self, key: str) -> _Input:
+        entry = self.inputs.get(key)
+        if entry is None:
+            entry = self.inputs[key] = _Input()
+        entry.users += 1
+        return entry
+
+    def leave(self, key: str, entry: _Input) -> None:
+        entry.users -= 1
+        if entry.users == 0:
+            del self.inputs[key]
+
+
+_LEDGERS: weakref.WeakKeyDictionary[Transport, _Ledger] = weakref.WeakKeyDictionary()
+
+
+def _ledger(transport: Transport) -> _Ledger:
+    ledger = _LEDGERS.get(transport)
+    if ledger is None:
+        ledger = _LEDGERS[transport] = _Ledger()
+    return ledger
+
+
+def is_claimed(transport: Transport, prediction_id: str) -> bool:
+    """Whether a create of this client was answered with, or attached to, this id."""
+    return prediction_id in _ledger(transport).claimed
+
+
+def _window_start(transport: Transport, sent_at: float) -> dt.datetime:
+    """The earliest server time the prediction of a create sent at ``sent_at`` may carry."""
+    if transport.clock_offset is None:
+        return dt.datetime.fromtimestamp(sent_at, dt.UTC) - _CLOCK_SKEW
+    server = sent_at + transport.clock_offset
+    return dt.datetime.fromtimestamp(server, dt.UTC) - _DATE_MARGIN
+
+
 async def _look_up(
-    transport: Transport, request: CreateRequest, since: dt.datetime, taken: set[str]
+    transport: Transport, request: CreateRequest, sent_at: float, taken: set[str]
 ) -> Prediction | None:
-    """Find the prediction a create in doubt made, newest first; None if certainly absent."""
+    """Find the prediction a create in doubt made, newest first; None if certainly absent.
+
+    Raises:
+        CreateInDoubt: too many predictions were created since to look through.
+        QuickRouterError: listing failed (after the retries a GET is allowed).
+    """
     url: str | None = transport.url("/v1/predictions")
     for _ in range(_LOOKUP_PAGES):
         if url is None:
             return None
         page = parse_page((await transport.request("GET", url)).data)
+        # The listing's own Date header has just set the clock offset, if it was unknown.
+        since = _window_start(transport, sent_at)
         for prediction in page.results:
-            if prediction.id not in taken and _matches(prediction, request, since):
+            if prediction.id in taken or is_claimed(transport, prediction.id):
+                continue
+            if prediction.created_at is not None and prediction.created_at < since:
+                continue
+            if matches_request(prediction, request):
                 return prediction
         oldest = page.results[-1].created_at if page.results else None
-        if oldest is None or oldest < since - _CLOCK_SKEW:
+        if oldest is None or oldest < since:
             return None
         url = transport.cursor_url(page.next)
     raise CreateInDoubt(
-        "could not tell whether the prediction was created: too many recent predictions",
+        "could not tell whether the prediction was created: too many predictions were "
+        "created since to look through; it may exist",
         model=request.model,
         input=request.input,
     )
 
 
+async def _resolve(
+    transport: Transport,
+    request: CreateRequest,
+    *,
+    entry: _Input,
+    sent_at: float,
+    taken: set[str],
+    error: QuickRouterError,
+) -> Prediction | None:
+    """The prediction a create in doubt made, or None when it certainly made none."""
+    logger.info("create of %s in doubt (%s); looking it up", request.model, error)
+    async with entry.gate:
+        await entry.settle()
+        for lookup in range(_SETTLE_LOOKUPS):
+            if lookup:
+                await transport.sleep(transport.retry.backoff_ceiling(1))
+            try:
+                found = await _look_up(transport, request, sent_at, taken)
+            except CreateInDoubt as doubt:
+                raise doubt from error
+            except QuickRouterError as lookup_error:
+                raise CreateInDoubt(
+                    f"the create failed ({error}) and looking the prediction up failed too "
+                    f"({lookup_error}); it may exist",
+                    model=request.model,
+                    input=request.input,
+                ) from error
+            if found is not None:
+                _ledger(transport).claim(found.id)
+                logger.info("attached to prediction %s after a create in doubt", found.id)
+                return found
+    return None
+
+
 async def send_create(
     transport: Transport, request: CreateRequest, *, taken: set[str] | None = None
 ) -> Prediction:
-    """Send a create once, resolving any doubt about its fate by looking it up.
+    """Create the prediction once, resolving any doubt about its fate by looking it up.
 
     Args:
         transport: the transport.
         request: the validated create.
-        taken: ids already claimed by other submissions of the same input, so two
-            identical inputs submitted together never attach to the same prediction.
+        taken: more ids that must not be attached to (predictions already watched).
+
+    Raises:
+        APIError: the server refused the create (after the retries a 429 is allowed),
+            or kept failing while the prediction was certainly never made.
+        TransportError: no answer, and the prediction was certainly never made.
+        CreateInDoubt: the prediction may exist and could not be looked up.
+        ProtocolError: the answers were broken and no prediction could be found.
     """
     taken = set() if taken is None else taken
-    for resend in range(_RESENDS + 1):
-        since = dt.datetime.now(dt.UTC)
+    ledger = _ledger(transport)
+    key = request.key
+    entry = ledger.enter(key)
+    try:
+        sent_at = time.time()
         extra = 0.0 if request.sync_wait is None else request.sync_wait + 5.0
-        try:
-            answer = await transport.request(
-                "POST",
-                transport.url(request.path),
-                json_body=request.body,
-                headers=request.headers,
-                create=True,
-                read_extra=extra,
-            )
-        except QuickRouterError as exc:
-            if not create_in_doubt(exc):
-                raise
-            logger.info("create of %s in doubt (%s); looking it up", request.model, exc)
+        for round_ in range(1, transport.retry.attempts + 1):
+            await entry.begin()
             try:
-                found = await _look_up(transport, request, since, taken)
-            except CreateInDoubt:
-                raise
-            except QuickRouterError as lookup_error:
-                raise CreateInDoubt(
-                    f"the create failed ({exc}) and looking the prediction up failed too "
-                    f"({lookup_error}); it may exist",
-                    model=request.model,
-                    input=request.input,
-                ) from exc
+                try:
+                    answer = await transport.request(
+                        "POST",
+                        transport.url(request.path),
+                        json_body=request.body,
+                        headers=request.headers,
+                        create=True,
+                        read_extra=extra,
+                    )
+                    prediction = parse_prediction(answer.data)
+                    ledger.claim(prediction.id)
+                finally:
+                    entry.end()
+            except QuickRouterError as exc:
+                if not create_in_doubt(exc):
+                    raise
+                error = exc
+            else:
+                return prediction
+            found = await _resolve(
+                transport, request, entry=entry, sent_at=sent_at, taken=taken, error=error
+            )
             if found is not None:
-                logger.info("attached to prediction %s after a create in doubt", found.id)
-                taken.add(found.id)
                 return found
-            if resend == _RESENDS:
-                raise
-            continue
-        prediction = parse_prediction(answer.data)
-        taken.add(prediction.id)
-        return prediction
-    raise AssertionError("unreachable")  # pragma: no cover
+            if round_ == transport.retry.attempts:
+                raise error
+            delay = transport.retry.delay(round_)
+            logger.info(
+                "prediction of %s certainly not created; sending again in %.2fs",
+                request.model,
+                delay,
+            )
+            await transport.sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+    finally:
+        ledger.leave(key, entry)

@@ -4,7 +4,7 @@ Every error the library raises on purpose derives from `QuickRouterError`::
 
     QuickRouterError
     ├── InputError (also ValueError)       bad input, caught before any request
-    ├── APIError                           the API answered with an HTTP error
+    ├── APIError (.status, .retry_after)   the API answered with an HTTP error
     │   ├── BadRequestError                400
     │   ├── AuthenticationError            401
     │   ├── PaymentRequiredError           402
@@ -23,8 +23,8 @@ Every error the library raises on purpose derives from `QuickRouterError`::
     ├── WaitTimeout (.prediction)          the deadline of wait()/run() passed
     └── WebhookVerificationError           a webhook failed signature checks
 
-Messages never contain the API key: the transport builds them from the answer's body and
-the request's method and path only.
+Messages never contain the API key: the transport builds them from the answer's body
+(with any echo of the key replaced) and the request's method and path only.
 """
 
 from __future__ import annotations
@@ -86,6 +86,8 @@ class APIError(QuickRouterError):
         body: the parsed JSON body (a dict), the raw text, or None.
         method: the HTTP method of the request.
         path: the path of the request (never the query's secrets nor the key).
+        retry_after: seconds the server asked to wait before trying again
+            (``Retry-After``, the body's ``retry_after``), when it said so.
     """
 
     def __init__(
@@ -98,6 +100,7 @@ class APIError(QuickRouterError):
         body: object = None,
         method: str = "",
         path: str = "",
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
         self.status = status
@@ -106,6 +109,7 @@ class APIError(QuickRouterError):
         self.body = body
         self.method = method
         self.path = path
+        self.retry_after = retry_after
 
 
 class BadRequestError(APIError):
@@ -149,13 +153,9 @@ class InvalidInputError(APIError):
 class RateLimitError(APIError):
     """HTTP 429: the request was throttled.
 
-    Attributes:
-        retry_after: seconds the server asked to wait, when it said so.
+    ``retry_after`` is the wait the server asked for, read from ``Retry-After``, the
+    body's ``retry_after``, the "resets in ~30s" detail or ``ratelimit-reset``.
     """
-
-    def __init__(self, message: str, *, retry_after: float | None = None, **kwargs: Any) -> None:
-        super().__init__(message, **kwargs)
-        self.retry_after = retry_after
 
 
 class ServerError(APIError):
@@ -183,7 +183,8 @@ class CreateInDoubt(TransportError):
     """A create may or may not have produced a prediction, and looking it up failed.
 
     The prediction may exist on the server and may be billed. Look it up with
-    ``client.list_predictions()`` before sending the input again.
+    ``client.list_predictions()`` before sending the input again. The error that made
+    the create doubtful is its ``__cause__``.
 
     Attributes:
         model: the model the create was for.

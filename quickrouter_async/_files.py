@@ -189,4 +189,3 @@ def prediction_of(target: Prediction | Outcome[object]) -> Prediction:
             raise InputError("this outcome has no prediction to download", field="target")
         return target.prediction
     return target
-

@@ -1,21 +1,27 @@
 """The single place that talks HTTP to the API.
 
-It adds the ``Authorization`` header (only for the API host), applies timeouts, retries
-what may be retried, honours the server's rate-limit hints, maps error answers onto the
-exception tree and logs each request at DEBUG and each retry at INFO, never with the key.
+It adds the ``Authorization`` header (only for the API's own scheme, host and port),
+applies timeouts, retries what may be retried, honours the server's wait hints, maps
+error answers onto the exception tree and logs each request at DEBUG and each retry at
+INFO, never with the key.
+
+What is retried (see `RetryPolicy`): a GET or a cancel on 429, 500, 502, 503, 504, a
+broken answer, a failed or reset connection and a timeout. A create only when the server
+certainly did not act on it: a 429, or a connection that could not be opened (refused,
+or timed out while opening). Any other failed create is raised for `_create.py` to
+resolve, never sent again blindly. That includes a connection reset before the request
+was written: aiohttp reports it, for a request with a body, exactly as a reset after the
+server read it, so it costs a lookup rather than risking a duplicate.
 """
 
 from __future__ import annotations
 
 import contextlib
-import email.utils
 import json
 import logging
-import random
-import re
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -24,17 +30,23 @@ import attrs
 
 from ._errors import (
     APIError,
-    AuthenticationError,
-    BadRequestError,
-    InvalidInputError,
-    NotFoundError,
-    PaymentRequiredError,
-    PermissionDeniedError,
     ProtocolError,
     RateLimitError,
     RequestTimeout,
     ServerError,
     TransportError,
+)
+from ._http import (
+    RedactedHeaders,
+    Secret,
+    decode_json,
+    error_from_answer,
+    header,
+    http_date,
+    open_file,
+    read_body,
+    redirect_error,
+    without_frames,
 )
 
 if TYPE_CHECKING:
@@ -45,20 +57,6 @@ if TYPE_CHECKING:
 __all__ = ["CreateLimiter", "Response", "Transport", "create_in_doubt", "error_from_answer"]
 
 logger = logging.getLogger(__name__)
-
-MAX_BODY_BYTES: Final = 16 * 1024 * 1024
-_ERROR_CLASSES: Final[dict[int, type[APIError]]] = {
-    400: BadRequestError,
-    401: AuthenticationError,
-    402: PaymentRequiredError,
-    403: PermissionDeniedError,
-    404: NotFoundError,
-    422: InvalidInputError,
-    429: RateLimitError,
-}
-_TAGS: Final = re.compile(r"<[^>]+>")
-_SPACES: Final = re.compile(r"\s+")
-_RESETS_IN: Final = re.compile(r"(?:resets in|available in)\s*~?(\d+(?:\.\d+)?)\s*s", re.I)
 
 
 class CreateLimiter(Protocol):
@@ -71,7 +69,7 @@ class CreateLimiter(Protocol):
         """A create was answered 429."""
 
     def on_accepted(self) -> None:
-        """A create was not throttled."""
+        """A create was answered with anything but 429."""
 
 
 @attrs.frozen
@@ -90,97 +88,19 @@ class _Attempt:
     create: bool
     read_extra: float
     number: int = 0
-    started: float = attrs.field(factory=time.monotonic)
-
-
-def _retry_after_seconds(headers: Mapping[str, str], body: object) -> float | None:
-    """The wait a throttled or failing answer asks for, from any hint the server gave."""
-    value = headers.get("Retry-After")
-    if value:
-        try:
-            return max(0.0, float(value))
-        except ValueError:
-            when = email.utils.parsedate_to_datetime(value) if value.strip() else None
-            if when is not None:
-                return max(0.0, when.timestamp() - time.time())
-    if isinstance(body, dict):
-        hint = body.get("retry_after")
-        if isinstance(hint, int | float) and not isinstance(hint, bool):
-            return max(0.0, float(hint))
-        detail = body.get("detail")
-        if isinstance(detail, str) and (match := _RESETS_IN.search(detail)):
-            return float(match.group(1))
-    reset = headers.get("ratelimit-reset")
-    if reset:
-        try:
-            return max(0.0, float(reset))
-        except ValueError:
-            return None
-    return None
-
-
-def _problem_fields(body: object, text: str) -> tuple[str | None, str | None]:
-    """Title and detail from problem+json, gateway JSON, or a plain-text / HTML body."""
-    if isinstance(body, dict):
-        title = body.get("title")
-        detail = body.get("detail")
-        error = body.get("error")
-        if isinstance(error, dict):
-            detail = detail or error.get("message")
-            title = title or error.get("type") or error.get("code")
-        elif isinstance(error, str):
-            detail = detail or error
-        detail = detail or body.get("message")
-        return (
-            str(title) if title is not None else None,
-            str(detail) if detail is not None else None,
-        )
-    plain = _SPACES.sub(" ", _TAGS.sub(" ", text)).strip()
-    return None, (plain[:300] or None)
-
-
-def error_from_answer(
-    status: int,
-    headers: Mapping[str, str],
-    raw: bytes,
-    *,
-    method: str,
-    path: str,
-) -> APIError:
-    """Build the error for an HTTP error answer, whatever shape its body has."""
-    text = raw.decode("utf-8", "replace")
-    try:
-        body: object = json.loads(text) if text.strip() else None
-    except ValueError:
-        body = text
-    title, detail = _problem_fields(body, text)
-    cls = _ERROR_CLASSES.get(status, ServerError if status >= 500 else APIError)
-    summary = ": ".join(part for part in (title, detail) if part)
-    message = f"{status} {summary or 'error'} ({method} {path})"
-    kwargs: dict[str, Any] = {
-        "status": status,
-        "title": title,
-        "detail": detail,
-        "body": body,
-        "method": method,
-        "path": path,
-    }
-    if cls is InvalidInputError:
-        fields = body.get("invalid_fields") if isinstance(body, dict) else None
-        valid = [f for f in fields if isinstance(f, dict)] if isinstance(fields, list) else []
-        if valid:
-            message += "; " + "; ".join(
-                f"{f.get('field') or 'input'}: {f.get('description') or f.get('type')}"
-                for f in valid
-            )
-        return InvalidInputError(message, invalid_fields=valid, **kwargs)
-    if cls is RateLimitError:
-        return RateLimitError(message, retry_after=_retry_after_seconds(headers, body), **kwargs)
-    return cls(message, **kwargs)
+    started: float = 0.0
+    # The last failure was a 2xx whose body could not be read (a GET may ask again).
+    garbled: bool = False
 
 
 class Transport:
-    """Sends requests to one API base URL through one `aiohttp.ClientSession`."""
+    """Sends requests to one API base URL through one `aiohttp.ClientSession`.
+
+    Attributes:
+        clock_offset: the server's clock minus this machine's, in seconds, from the
+            latest ``Date`` header (None until one arrived).
+        create_limiter: paces creates; told of each create's answer.
+    """
 
     def __init__(
         self,
@@ -196,20 +116,29 @@ class Transport:
     ) -> None:
         self.base_url = base_url
         self._origin = self._origin_of(base_url)
-        self._api_key = api_key
+        self._api_key = None if not api_key else Secret(api_key)
         self.timeouts = timeouts
         self.retry = retry
         self._owns_session = session is None
         self._session = session
         self._user_agent = user_agent
-        self._sleep = sleep
+        self.sleep = sleep
         self._slots = anyio.CapacityLimiter(max(1, connections))
         self.create_limiter: CreateLimiter | None = None
+        self.clock_offset: float | None = None
+        self._last_date: str | None = None
+
+    def __repr__(self) -> str:
+        return f"<Transport {self.base_url!r}>"
 
     @staticmethod
     def _origin_of(url: str) -> tuple[str, str, int | None]:
         parts = urlsplit(url)
-        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            port = parts.port
+        except ValueError:
+            port = -1  # matches no real origin
+        port = port or (443 if parts.scheme == "https" else 80)
         return parts.scheme, (parts.hostname or "").lower(), port
 
     def is_api_url(self, url: str) -> bool:
@@ -231,11 +160,10 @@ class Transport:
         if self._session is None or self._session.closed:
             if not self._owns_session:
                 raise TransportError("the aiohttp session passed to QuickRouter is closed")
-            connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300)
             self._session = aiohttp.ClientSession(
-                connector=connector,
+                connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
                 headers={"User-Agent": self._user_agent},
-                json_serialize=json.dumps,
+                cookie_jar=aiohttp.DummyCookieJar(),
             )
         return self._session
 
@@ -259,12 +187,16 @@ class Transport:
         _, _, query = url.partition("?")
         return self.url("/v1/predictions") + (f"?{query}" if query else "")
 
-    def _headers(self, url: str, extra: Mapping[str, str] | None) -> dict[str, str]:
-        headers = {"Accept": "application/json"}
+    def server_time(self) -> float:
+        """The server's clock now, as a Unix time (this machine's until a ``Date`` came)."""
+        return time.time() + (self.clock_offset or 0.0)
+
+    def _headers(self, url: str, extra: Mapping[str, str] | None) -> RedactedHeaders:
+        headers = RedactedHeaders({"Accept": "application/json"})
         if extra:
             headers.update(extra)
-        if self._api_key and self.is_api_url(url):
-            headers["Authorization"] = f"Bearer {self._api_key}"
+        if self._api_key is not None and self.is_api_url(url):
+            headers["Authorization"] = f"Bearer {self._api_key.reveal()}"
         return headers
 
     def _client_timeout(self, read_extra: float) -> aiohttp.ClientTimeout:
@@ -291,32 +223,34 @@ class Transport:
             json_body: the JSON body to send.
             headers: extra headers.
             create: the request creates a prediction, so it is retried only when the
-                server certainly did not act on it; other failures are raised with
-                ``in_doubt = True`` set on the error.
+                server certainly did not act on it (see the module's docstring).
             read_extra: seconds added to the read and total timeouts (``Prefer: wait``).
 
         Raises:
             APIError: the server answered with an error status, after any retries.
             TransportError: no answer (connection failed, reset, `RequestTimeout`).
-            ProtocolError: a 2xx answer that is not JSON, or is too large.
+            ProtocolError: a 2xx answer that is not JSON or too large, or a redirect.
         """
         path = urlsplit(url).path
         attempt = _Attempt(method, path, create, read_extra)
-        data = None if json_body is None else json.dumps(json_body, separators=(",", ":"))
+        body = None
+        if json_body is not None:
+            body = json.dumps(
+                json_body, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+            ).encode()
         send_headers = self._headers(url, headers)
-        if data is not None:
+        if body is not None:
             send_headers["Content-Type"] = "application/json"
         while True:
             attempt.number += 1
-            attempt.started = time.monotonic()
             if create and self.create_limiter is not None:
                 await self.create_limiter.acquire()
+            attempt.started = time.monotonic()
+            attempt.garbled = False
             try:
-                return await self._send(url, data, send_headers, attempt)
+                return await self._send(url, body, send_headers, attempt)
             except (APIError, TransportError, ProtocolError) as exc:
-                delay = self._retry_delay(exc, attempt.number, create=create)
-                if create and self.create_limiter is not None and isinstance(exc, RateLimitError):
-                    self.create_limiter.on_throttled(exc.retry_after)
+                delay = self._retry_delay(exc, attempt)
                 if delay is None:
                     raise
                 logger.info(
@@ -326,123 +260,129 @@ class Transport:
                     delay,
                     attempt.number + 1,
                     self.retry.attempts,
-                    _short(exc),
+                    str(exc).split("\n", 1)[0][:200],
                 )
-                await self._sleep(delay)
+                await self.sleep(delay)
 
-    def _retry_delay(self, exc: Exception, number: int, *, create: bool) -> float | None:
+    def _retry_delay(self, exc: Exception, attempt: _Attempt) -> float | None:
         """Seconds to wait before trying again, or None when the error is final."""
-        if number >= self.retry.attempts:
+        policy = self.retry
+        if attempt.number >= policy.attempts:
             return None
+        hint: float | None = None
         if isinstance(exc, APIError):
-            if exc.status not in self.retry.retry_statuses:
+            if exc.status not in policy.retry_statuses:
                 return None
-            if create and exc.status != 429:
+            if attempt.create and exc.status != 429:
                 return None  # the server may have acted on it: the caller resolves the doubt
-            hint = exc.retry_after if isinstance(exc, RateLimitError) else None
+            hint = exc.retry_after
         elif isinstance(exc, TransportError):
-            if create and exc.request_sent:
+            if attempt.create and exc.request_sent:
                 return None
-            hint = None
-        else:
-            return None  # a broken answer is not made whole by asking again
-        if hint is not None:
-            return min(hint, self.retry.max_retry_after)
-        return random.uniform(0, self.retry.backoff_ceiling(number))  # noqa: S311
+        elif attempt.create or not attempt.garbled:
+            return None  # a redirect or an unreadable create: asking again changes nothing
+        return policy.delay(attempt.number, hint)
 
     async def _send(
-        self, url: str, data: str | None, headers: dict[str, str], attempt: _Attempt
+        self, url: str, body: bytes | None, headers: RedactedHeaders, attempt: _Attempt
     ) -> Response:
+        """One HTTP exchange: the answer's status, headers and body, or an error."""
         async with self._slots:
             try:
                 async with self.session.request(
                     attempt.method,
                     url,
-                    data=data,
+                    data=body,
                     headers=headers,
                     timeout=self._client_timeout(attempt.read_extra),
                     allow_redirects=False,
                 ) as answer:
-                    raw = await self._read_body(answer)
                     status, answer_headers = answer.status, answer.headers
+                    raw = await read_body(answer, f"{attempt.method} {attempt.path}")
+            except ProtocolError:
+                attempt.garbled = True
+                self._log(attempt, "too large")
+                if attempt.create and self.create_limiter is not None:
+                    self.create_limiter.on_accepted()  # an answer, if a useless one
+                raise
+            except aiohttp.ConnectionTimeoutError as exc:
+                # Timed out while opening the connection: nothing was sent.
+                self._log(attempt, "connect timeout")
+                raise RequestTimeout(
+                    f"{attempt.method} {attempt.path}: connecting timed out", request_sent=False
+                ) from without_frames(exc)
             except TimeoutError as exc:
                 self._log(attempt, "timeout")
-                raise RequestTimeout(f"{attempt.method} {attempt.path} timed out") from exc
+                raise RequestTimeout(
+                    f"{attempt.method} {attempt.path} timed out"
+                ) from without_frames(exc)
             except aiohttp.ClientConnectorError as exc:
                 # The connection was never made: the server cannot have seen the request.
                 self._log(attempt, "connect failed")
                 raise TransportError(
                     f"could not connect for {attempt.method} {attempt.path}: {exc.strerror}",
                     request_sent=False,
-                ) from exc
+                ) from without_frames(exc)
             except (aiohttp.ClientError, OSError) as exc:
                 self._log(attempt, "connection error")
                 raise TransportError(
                     f"connection failed during {attempt.method} {attempt.path}: "
                     f"{type(exc).__name__}"
-                ) from exc
+                ) from without_frames(exc)
+        if self._api_key is not None:
+            raw = self._api_key.scrub(raw)  # before it reaches any message or local
         self._log(attempt, status)
-        if status >= 400 or status < 200:
-            raise error_from_answer(
-                status, answer_headers, raw, method=attempt.method, path=attempt.path
+        self._note_date(answer_headers)
+        error = None
+        if status >= 400:
+            error = error_from_answer(
+                status,
+                answer_headers,
+                raw,
+                method=attempt.method,
+                path=attempt.path,
             )
         if attempt.create and self.create_limiter is not None:
-            self.create_limiter.on_accepted()
+            if isinstance(error, RateLimitError):
+                self.create_limiter.on_throttled(error.retry_after)
+            else:
+                self.create_limiter.on_accepted()
+        if error is not None:
+            raise error
+        if status < 200 or status >= 300:
+            raise redirect_error(status, answer_headers, method=attempt.method, path=attempt.path)
         try:
-            body = json.loads(raw) if raw else None
-        except ValueError:
-            raise ProtocolError(
-                f"{attempt.method} {attempt.path} answered {status} with a body that is not "
-                f"JSON: {raw[:80]!r}"
-            ) from None
-        return Response(status, answer_headers, body)
+            data = decode_json(raw, status, f"{attempt.method} {attempt.path}")
+        except ProtocolError:
+            attempt.garbled = True
+            raise
+        return Response(status, answer_headers, data)
+
+    def _note_date(self, headers: Mapping[str, str]) -> None:
+        """Learn the server's clock from a ``Date`` header (whole seconds, so +0.5)."""
+        value = header(headers, "Date")
+        if value is None or value == self._last_date:
+            return
+        when = http_date(value)
+        if when is not None:
+            self._last_date = value
+            self.clock_offset = when + 0.5 - time.time()
 
     @contextlib.asynccontextmanager
     async def stream(self, url: str) -> AsyncIterator[tuple[str | None, AsyncIterator[bytes]]]:
         """Open a file download: its content type and an iterator over its chunks.
 
-        The key is sent only when ``url`` is on the API host; redirects are followed only
-        for file hosts, which never get the key.
+        File downloads never carry the API key, whatever host they are on (output files
+        need none), so redirects are followed.
 
         Raises:
-            TransportError: the connection failed or timed out (worth retrying).
-            APIError: the file host answered with an error status.
+            TransportError: the connection failed or timed out, or the host answered
+                429 or 5xx (worth retrying).
+            APIError: the file host answered with another error status.
+            ProtocolError: the answer is a redirect that leads nowhere.
         """
-        path = urlsplit(url).path
-        try:
-            async with self._slots, self.session.get(
-                url,
-                headers=self._headers(url, None) | {"Accept": "*/*"},
-                timeout=self._client_timeout(0.0),
-                allow_redirects=not self.is_api_url(url),
-            ) as answer:
-                if answer.status >= 400:
-                    raw = await answer.content.read(4096)
-                    error = error_from_answer(
-                        answer.status, answer.headers, raw, method="GET", path=path
-                    )
-                    if isinstance(error, ServerError | RateLimitError):
-                        raise TransportError(str(error)) from error
-                    raise error
-                yield answer.headers.get("Content-Type"), answer.content.iter_chunked(65536)
-        except TimeoutError as exc:
-            raise RequestTimeout(f"download of {path} timed out") from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise TransportError(f"download of {path} failed: {type(exc).__name__}") from exc
-
-    @staticmethod
-    async def _read_body(answer: aiohttp.ClientResponse) -> bytes:
-        length = answer.content_length
-        if length is not None and length > MAX_BODY_BYTES:
-            raise ProtocolError(f"answer of {length} bytes is larger than {MAX_BODY_BYTES}")
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in answer.content.iter_chunked(65536):
-            size += len(chunk)
-            if size > MAX_BODY_BYTES:
-                raise ProtocolError(f"answer is larger than {MAX_BODY_BYTES} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
+        async with self._slots, open_file(self.session, url, self._client_timeout(0.0)) as opened:
+            yield opened
 
     @staticmethod
     def _log(attempt: _Attempt, outcome: int | str) -> None:
@@ -458,13 +398,14 @@ class Transport:
 
 
 def create_in_doubt(exc: BaseException) -> bool:
-    """Whether a failed create may have produced a prediction on the server."""
+    """Whether a failed create may have produced a prediction on the server.
+
+    A 5xx, a broken 2xx answer, or no answer after the request was sent: the server may
+    have stored the prediction before failing. A 4xx answer or a connection never made
+    is certain: nothing was created.
+    """
     if isinstance(exc, ServerError):
         return True
     if isinstance(exc, TransportError):
         return exc.request_sent
     return isinstance(exc, ProtocolError)
-
-
-def _short(exc: BaseException) -> str:
-    return str(exc).split("\n", 1)[0][:200]

@@ -14,6 +14,8 @@ import quickrouter_async as qr
 from .conftest import FAST_POLL
 from .replicate_replay import TOKEN, ReplayServer
 
+pytestmark = pytest.mark.anyio
+
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 

@@ -1,0 +1,222 @@
+"""Pacing creates: a token bucket whose rate is fixed, or found by adapting to 429s.
+
+Every create goes through one `RateLimiter`, installed as the transport's
+``create_limiter``: the transport awaits `acquire` before each create attempt, calls
+`on_throttled` when one is answered 429 and `on_accepted` when one is not.
+
+With a fixed rate the bucket simply spaces creates out. Without one the limiter finds the
+server's limit by itself, much as TCP finds a link's bandwidth:
+
+- it starts at Replicate's documented 10 creates per second with a burst of 10 and, while
+  callers are waiting for it, grows fast (slow start, about 7 times per second);
+- on a 429 it stops every create until the server's ``Retry-After`` (or the body's
+  ``retry_after``) has passed, and sets its rate a little below the rate the server
+  accepted since the previous 429 (or over the last seconds, for the first one);
+- then it probes upwards slowly (a few percent per second, and only while callers are
+  waiting), so that a limit that was raised is found again.
+
+Throttles that follow one another closely count as one event: creates already sent when
+the first 429 came back say nothing new about the limit.
+"""
+
+from __future__ import annotations
+
+import collections
+import time
+from typing import TYPE_CHECKING, Final
+
+import anyio
+
+from ._errors import InputError
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
+
+__all__ = ["RateLimiter"]
+
+# Replicate's documented create limit: 600 per minute, short bursts allowed.
+INITIAL_RATE: Final = 10.0
+INITIAL_BURST: Final = 10.0
+# Growth of the rate per create granted while callers queue, in creates per second.
+_SLOW_START_STEP: Final = 2.0
+_PROBE_STEP: Final = 0.03
+# Seconds without a 429 after which probing is twice as fast (four times after twice that).
+_PROBE_RAMP: Final = 10.0
+# The share of the measured accepted rate kept after a throttle.
+_BACK_OFF: Final = 0.9
+# The bucket after slow start holds this many seconds' worth of creates (at least one).
+_BURST_SECONDS: Final = 0.1
+# Grants remembered to measure the accepted rate, and over how long.
+_WINDOW: Final = 2.0
+_HISTORY: Final = 8192
+# Throttles closer together than this (or than two create intervals) are one event.
+_EVENT_GAP: Final = 0.25
+# The pause when a 429 gave no hint, and the slowest rate the limiter falls to.
+_DEFAULT_PAUSE: Final = 1.0
+MIN_RATE: Final = 0.1
+# The shortest pause between two wakes of a queue of callers.
+_TICK: Final = 0.005
+# Waits shorter than this are rounding errors of the clock arithmetic, not waits.
+_EPSILON: Final = 1e-6
+
+
+class RateLimiter:
+    """A create-rate limiter: fixed at ``rate`` creates per second, or adaptive.
+
+    Args:
+        rate: creates per second; None adapts to the server's 429 answers.
+        max_pause: the longest pause a 429 imposes, whatever wait it asks for (the
+            retry policy's ``max_retry_after``).
+        clock: a monotonic clock in seconds (tests pass a fake one).
+        sleep: how to wait that many seconds (tests pass one that moves the fake clock).
+
+    Attributes:
+        granted: creates let through.
+        throttled: creates the server answered 429.
+        accepted: creates the server did not throttle.
+    """
+
+    def __init__(
+        self,
+        rate: float | None = None,
+        *,
+        max_pause: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+    ) -> None:
+        if rate is not None and not rate > 0:
+            raise InputError(
+                f"rate must be positive creates per second, got {rate!r}", field="rate"
+            )
+        self._clock = clock
+        self._max_pause = max_pause
+        self._sleep = sleep
+        self.fixed = rate is not None
+        self._rate = INITIAL_RATE if rate is None else float(rate)
+        self._slow_start = rate is None
+        # At least what accrues in a tick, so waking once a tick keeps the full rate.
+        self._capacity = INITIAL_BURST if rate is None else max(1.0, rate * _TICK)
+        self._tokens = self._capacity
+        self._stamp = clock()
+        self._resume_at = -float("inf")
+        self._lock = anyio.Lock()
+        self._waiting = 0
+        self.granted = 0
+        self.throttled = 0
+        self.accepted = 0
+        self._grants: collections.deque[float] = collections.deque(maxlen=_HISTORY)
+        self._throttles: collections.deque[float] = collections.deque(maxlen=_HISTORY)
+        self._last_event: float | None = None
+        self._granted_at_event = 0
+        self._throttled_at_event = 0
+        self._paused_at_event = 0.0
+
+    def __repr__(self) -> str:
+        mode = "fixed" if self.fixed else ("slow start" if self._slow_start else "adaptive")
+        return f"<RateLimiter {self._rate:.2f}/s {mode}>"
+
+    @property
+    def rate(self) -> float:
+        """The current pace, in creates per second."""
+        return self._rate
+
+    @property
+    def paused_for(self) -> float:
+        """Seconds until creates may be sent again after a 429 (0 when not paused)."""
+        return max(0.0, self._resume_at - self._clock())
+
+    def _refill(self, now: float) -> None:
+        if now > self._stamp:
+            self._tokens = min(self._capacity, self._tokens + (now - self._stamp) * self._rate)
+            self._stamp = now
+
+    def _delay(self, now: float) -> float:
+        self._refill(now)
+        pause = self._resume_at - now
+        short = (1.0 - self._tokens) / self._rate if self._tokens < 1.0 else 0.0
+        delay = max(pause, short)
+        return delay if delay > _EPSILON else 0.0
+
+    def _grant(self, now: float, *, queued: bool) -> None:
+        self._tokens -= 1.0
+        self.granted += 1
+        self._grants.append(now)
+        if not queued or self.fixed:
+            return
+        # Callers queue: the pace, not the work, is the bottleneck, so probe upwards;
+        # the longer no 429 came, the faster (a raised limit is found again).
+        if self._slow_start or self._last_event is None:
+            self._rate += _SLOW_START_STEP
+        else:
+            quiet = (now - self._last_event) / _PROBE_RAMP
+            self._rate += _PROBE_STEP * (1.0 + quiet * quiet)
+
+    async def acquire(self) -> None:
+        """Wait until a create may be sent, first come first served."""
+        now = self._clock()
+        if not self._waiting and self._delay(now) <= 0:
+            self._grant(now, queued=False)
+            return
+        self._waiting += 1
+        try:
+            async with self._lock:
+                while (delay := self._delay(now := self._clock())) > 0:
+                    # Not shorter than a tick: at high rates a wake lets several through.
+                    await self._sleep(max(delay, _TICK))
+                self._grant(now, queued=True)
+        finally:
+            self._waiting -= 1
+
+    def on_accepted(self) -> None:
+        """A create was not throttled."""
+        self.accepted += 1
+
+    def on_throttled(self, retry_after: float | None) -> None:
+        """A create was answered 429: pause as asked and, if adaptive, slow down."""
+        self.throttled += 1
+        now = self._clock()
+        self._throttles.append(now)
+        asked = _DEFAULT_PAUSE if retry_after is None else max(0.0, retry_after)
+        pause = min(asked, self._max_pause)
+        self._resume_at = max(self._resume_at, now + pause)
+        self._tokens = min(self._tokens, 0.0)
+        if self.fixed:
+            return
+        last = self._last_event
+        if last is not None and now - last < max(_EVENT_GAP, 2.0 / self._rate):
+            return
+        measured = self._measured_rate(now)
+        if measured is None:
+            # Too little history to measure (a first burst hit a small server bucket):
+            # halve, and keep growing fast.
+            self._rate = max(MIN_RATE, self._rate / 2)
+        else:
+            self._slow_start = False
+            self._rate = max(MIN_RATE, _BACK_OFF * min(self._rate, measured))
+        self._capacity = max(1.0, self._rate * _BURST_SECONDS)
+        self._last_event = now
+        self._granted_at_event = self.granted
+        self._throttled_at_event = self.throttled
+        self._paused_at_event = pause
+
+    def _measured_rate(self, now: float) -> float | None:
+        """The rate the server accepted lately: since the last 429, else over a window.
+
+        Between two throttles the server's bucket was empty at both ends, so what it
+        accepted in between, divided by the time creates were allowed, is about its
+        refill rate (what it refilled during the pause it asked for is capped by its
+        burst). None when less than a second of creates is known.
+        """
+        last = self._last_event
+        sending = None if last is None else now - last - self._paused_at_event
+        if sending is not None and 1.0 <= sending <= 10 * _WINDOW:
+            passed = (self.granted - self._granted_at_event) - (
+                self.throttled - self._throttled_at_event
+            )
+            return max(MIN_RATE, passed / sending)
+        since = now - _WINDOW
+        recent = [t for t in self._grants if t > since]
+        if not recent or now - recent[0] < 1.0:
+            return None
+        refused = sum(1 for t in self._throttles if t > since)
+        return max(MIN_RATE, (len(recent) - refused) / (now - recent[0]))

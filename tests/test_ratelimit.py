@@ -1,0 +1,242 @@
+"""The create-rate limiter: pacing, pausing on 429, and finding a server's limit.
+
+The limiter runs on a fake clock here: its ``sleep`` moves the clock, so no test waits.
+"""
+
+from __future__ import annotations
+
+import math
+
+import anyio
+import pytest
+import quickrouter_async as qr
+from quickrouter_async._ratelimit import INITIAL_BURST, INITIAL_RATE, MIN_RATE, RateLimiter
+from quickrouter_async.testing import Emulator, RateLimit
+
+from .conftest import FAST_POLL, FAST_RETRY
+
+pytestmark = pytest.mark.anyio
+
+
+class FakeClock:
+    """A clock that only moves when someone sleeps."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+        self.sleeps: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds
+        await anyio.lowlevel.checkpoint()
+
+
+class TokenBucketServer:
+    """A server that throttles creates with a token bucket, like the emulator does."""
+
+    def __init__(self, clock: FakeClock, *, rate: float, burst: int, whole_seconds: bool) -> None:
+        self.clock = clock
+        self.rate = rate
+        self.burst = burst
+        self.whole_seconds = whole_seconds
+        self.tokens = float(burst)
+        self.stamp = clock.now
+        self.accepted = 0
+        self.throttled = 0
+
+    def create(self) -> float | None:
+        """None if accepted, else the Retry-After the server sends."""
+        now = self.clock.now
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            self.accepted += 1
+            return None
+        self.throttled += 1
+        wait = (1 - self.tokens) / self.rate
+        return float(math.ceil(wait)) if self.whole_seconds else wait
+
+
+async def drive(limiter: RateLimiter, server: TokenBucketServer, clock: FakeClock, n: int) -> float:
+    """Send ``n`` creates one after another as the transport would; return the time taken."""
+    start = clock.now
+    for _ in range(n):
+        while True:
+            await limiter.acquire()
+            retry_after = server.create()
+            if retry_after is None:
+                limiter.on_accepted()
+                break
+            limiter.on_throttled(retry_after)
+            await clock.sleep(retry_after)
+    return clock.now - start
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+async def test_a_fixed_rate_spaces_creates_evenly(clock: FakeClock) -> None:
+    limiter = RateLimiter(10.0, clock=clock, sleep=clock.sleep)
+    for _ in range(6):
+        await limiter.acquire()
+    assert clock.now - 1000.0 == pytest.approx(0.5)
+    assert limiter.granted == 6
+    assert limiter.fixed
+    assert limiter.rate == 10.0
+    assert "fixed" in repr(limiter)
+
+
+async def test_a_fixed_rate_pauses_on_429_but_keeps_its_rate(clock: FakeClock) -> None:
+    limiter = RateLimiter(5.0, max_pause=2.0, clock=clock, sleep=clock.sleep)
+    await limiter.acquire()
+    limiter.on_throttled(30.0)
+    assert limiter.paused_for == pytest.approx(2.0), "capped by max_pause"
+    await limiter.acquire()
+    assert clock.now - 1000.0 == pytest.approx(2.0)
+    assert limiter.rate == 5.0
+    assert limiter.paused_for == 0.0
+    assert limiter.throttled == 1
+
+
+async def test_adaptive_starts_with_a_burst_then_grows_while_callers_wait(
+    clock: FakeClock,
+) -> None:
+    limiter = RateLimiter(clock=clock, sleep=clock.sleep)
+    assert "slow start" in repr(limiter)
+    for _ in range(int(INITIAL_BURST)):
+        await limiter.acquire()
+    assert clock.now == 1000.0, "the first burst is not delayed"
+    assert limiter.rate == INITIAL_RATE, "creates that did not wait do not raise the rate"
+    for _ in range(100):
+        await limiter.acquire()
+    assert limiter.rate > 10 * INITIAL_RATE
+    assert clock.now - 1000.0 < 3.0
+
+
+async def test_a_429_without_hint_pauses_a_second(clock: FakeClock) -> None:
+    limiter = RateLimiter(clock=clock, sleep=clock.sleep)
+    await limiter.acquire()
+    limiter.on_throttled(None)
+    assert limiter.paused_for == pytest.approx(1.0)
+    assert limiter.rate == INITIAL_RATE / 2, "too little history to measure: halved"
+    assert "slow start" in repr(limiter)
+
+
+async def test_throttles_close_together_cut_the_rate_once(clock: FakeClock) -> None:
+    limiter = RateLimiter(clock=clock, sleep=clock.sleep)
+    for _ in range(40):
+        await limiter.acquire()
+    limiter.on_throttled(0.0)
+    cut = limiter.rate
+    assert cut < 40
+    assert "adaptive" in repr(limiter)
+    limiter.on_throttled(0.0)
+    limiter.on_throttled(0.0)
+    assert limiter.rate == cut
+    assert limiter.throttled == 3
+
+
+async def test_the_rate_never_falls_below_the_floor(clock: FakeClock) -> None:
+    limiter = RateLimiter(clock=clock, sleep=clock.sleep)
+    limiter.on_throttled(0.0)  # nothing granted yet: the current rate stands for the measure
+    for _ in range(60):
+        clock.now += 60.0
+        limiter.on_throttled(0.0)
+    assert limiter.rate == pytest.approx(MIN_RATE)
+
+
+async def test_accepted_creates_are_counted(clock: FakeClock) -> None:
+    limiter = RateLimiter(clock=clock, sleep=clock.sleep)
+    await limiter.acquire()
+    limiter.on_accepted()
+    assert (limiter.granted, limiter.accepted, limiter.throttled) == (1, 1, 0)
+
+
+def test_a_rate_must_be_positive() -> None:
+    with pytest.raises(qr.InputError):
+        RateLimiter(0)
+    with pytest.raises(qr.InputError):
+        qr.QuickRouter("k", base_url="http://127.0.0.1:1", rate_limit=-1)
+
+
+@pytest.mark.parametrize(
+    ("rate", "burst", "whole_seconds", "share"),
+    [
+        (20.0, 10, False, 0.85),
+        (20.0, 10, True, 0.85),
+        (5.0, 5, False, 0.85),
+        (50.0, 20, False, 0.85),
+        # A bucket of one and a Retry-After rounded up to whole seconds: every 429
+        # costs a second of silence, so less of the limit is reached.
+        (2.0, 1, True, 0.7),
+        (20.0, 1, True, 0.5),
+    ],
+)
+def test_adaptive_finds_the_server_limit(
+    clock: FakeClock, rate: float, burst: int, whole_seconds: bool, share: float
+) -> None:
+    # Synchronous, so that the parameters are not mixed with anyio's backend parameter.
+    limiter = RateLimiter(clock=clock, sleep=clock.sleep)
+    server = TokenBucketServer(clock, rate=rate, burst=burst, whole_seconds=whole_seconds)
+    n = int(rate * 30)
+    took = anyio.run(drive, limiter, server, clock, n)
+    achieved = (n - burst) / took
+    assert achieved >= share * rate, (achieved, limiter)
+    assert server.throttled <= 0.10 * (server.throttled + server.accepted)
+    assert server.accepted == n
+
+
+async def test_adaptive_probes_back_up_when_the_server_limit_rises(clock: FakeClock) -> None:
+    limiter = RateLimiter(clock=clock, sleep=clock.sleep)
+    server = TokenBucketServer(clock, rate=5.0, burst=5, whole_seconds=False)
+    await drive(limiter, server, clock, 100)
+    assert limiter.rate < 6.0
+    server.rate = 20.0
+    await drive(limiter, server, clock, 600)
+    assert limiter.rate > 15.0
+
+
+async def test_waiters_are_served_in_order(clock: FakeClock) -> None:
+    limiter = RateLimiter(1.0, clock=clock, sleep=clock.sleep)
+    order: list[int] = []
+
+    async def take(number: int) -> None:
+        await limiter.acquire()
+        order.append(number)
+
+    async with anyio.create_task_group() as group:
+        for number in range(5):
+            group.start_soon(take, number)
+            await anyio.lowlevel.checkpoint()
+    assert order == [0, 1, 2, 3, 4]
+
+
+async def test_every_create_goes_through_the_client_limiter() -> None:
+    limit = RateLimit(rate=50, burst=2, retry_after=True)
+    async with (
+        Emulator(duration=0.01, rate_limit=limit) as emu,
+        qr.QuickRouter(
+            emu.api_key, base_url=emu.base_url, poll=FAST_POLL, retry=FAST_RETRY
+        ) as client,
+    ):
+        limiter = client._transport.create_limiter
+        assert isinstance(limiter, RateLimiter)
+        assert not limiter.fixed
+        for _ in range(3):
+            await client.create("google/imagen-4", {"prompt": "a"})
+        assert limiter.granted >= 3
+        assert limiter.accepted == 3
+
+
+async def test_a_fixed_client_rate_limit_is_installed() -> None:
+    async with qr.QuickRouter("k", base_url="http://127.0.0.1:1", rate_limit=7.5) as client:
+        limiter = client._transport.create_limiter
+        assert isinstance(limiter, RateLimiter)
+        assert limiter.fixed
+        assert limiter.rate == 7.5

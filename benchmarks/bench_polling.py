@@ -1,6 +1,6 @@
 """Poll scheduler benchmark: requests per prediction and detection delay.
 
-    python benchmarks/bench_polling.py [--predictions 300] [--concurrency 50] [--repeat 1]
+    python benchmarks/bench_polling.py [--predictions 300] [--concurrency 50] [--repeat 3]
 
 The emulator runs in its own process (``python -m quickrouter_async.testing``) with
 predictions lasting uniformly 1.5-4.5 s. Two scenarios, printed as Markdown tables and
@@ -187,6 +187,15 @@ def summarize(name: str, records: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def mean_row(name: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The mean of the runs of one scheduler, figure by figure."""
+    runs = [row for row in rows if row["scheduler"] == name]
+    mean = {"scheduler": f"{name}, mean of {len(runs)} runs"}
+    for column in POLLED_COLUMNS[1:]:
+        mean[column] = statistics.fmean(row[column] for row in runs)
+    return mean
+
+
 POLLED_COLUMNS = (
     "scheduler",
     "predictions",
@@ -205,7 +214,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--predictions", type=int, default=300)
     parser.add_argument("--concurrency", type=int, default=50)
-    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--repeat", type=int, default=3)
     options = parser.parse_args()
     duration = f"{DURATION[0]:g},{DURATION[1]:g}"
     contenders = {
@@ -231,6 +240,8 @@ def main() -> None:
     with EmulatorServer("--duration", duration) as server:
         sync = summarize("default PollPolicy", measure(server.base_url, qr.PollPolicy()))
 
+    if options.repeat > 1:
+        polled += [mean_row(name, polled) for name in contenders]
     span = f"{DURATION[0]:g}-{DURATION[1]:g} s predictions, {options.concurrency} at a time"
     print(f"\n### The server ignores Prefer: wait ({span})\n")
     print(markdown_table(polled, POLLED_COLUMNS))

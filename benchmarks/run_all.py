@@ -168,72 +168,32 @@ def _ratio(value: float | None, floor: float | None) -> str:
     return f"{value / floor:.2f}x"
 
 
+# One row of the table: label, where in the results (workload.key), format, ratio shown.
+ROWS = (
+    ("client CPU per prediction, sync mode (ms)", "cpu.sync.cpu_ms_per_prediction", "{:.2f}", True),
+    ("client CPU per prediction, polling (ms)", "cpu.poll.cpu_ms_per_prediction", "{:.2f}", True),
+    ("throughput, sync mode (predictions/s)", "cpu.sync.predictions_per_s", "{:.0f}", True),
+    ("requests per prediction, 1.5-4.5 s runs", "polling.requests_per_prediction", "{:.2f}", True),
+    ("mean detection delay, 1.5-4.5 s runs (s)", "polling.mean_delay_s", "{:.3f}", False),
+    ("most predictions in flight without an error", "in_flight.most_in_flight", "{:,}", False),
+    ("Python heap per prediction in flight (KiB)", "memory.kb_per_in_flight", "{:.1f}", True),
+    ("share of a 20/s create limit achieved (%)", "rate_limit.pct_of_limit", "{:.1f}", False),
+    ("creates throttled under that limit (%)", "rate_limit.pct_throttled", "{:.1f}", False),
+    ("inputs lost under that limit", "rate_limit.lost", "{:,}", False),
+)
+
+
 def table(results: dict[str, Any]) -> str:
     """One row per figure, one column per client, ratios to the bare loop beside them."""
     names = list(CONTENDERS)
     ours, theirs, floor = "quickrouter_async", "replicate-python", "bare aiohttp"
-    rows: list[tuple[str, dict[str, Any], str, bool]] = []  # label, values, format, ratio
-    for mode, label in (("sync", "sync mode"), ("poll", "poll mode, 50 ms")):
-        runs = results["cpu"][mode]
-        rows.append(
-            (
-                f"client CPU per prediction, {label} (ms)",
-                {n: runs[n]["cpu_ms_per_prediction"] for n in names},
-                "{:.2f}",
-                True,
-            )
-        )
-    runs = results["cpu"]["sync"]
-    rows.append(
-        (
-            "throughput, sync mode (predictions/s)",
-            {n: runs[n]["predictions_per_s"] for n in names},
-            "{:.0f}",
-            True,
-        )
-    )
-    runs = results["polling"]
-    rows.append(
-        (
-            "requests per prediction, 1.5-4.5 s, default polling",
-            {n: runs[n]["requests_per_prediction"] for n in names},
-            "{:.2f}",
-            True,
-        )
-    )
-    rows.append(
-        (
-            "mean detection delay, 1.5-4.5 s (s)",
-            {n: runs[n]["mean_delay_s"] for n in names},
-            "{:.3f}",
-            False,
-        )
-    )
-    runs = results["in_flight"]
-    rows.append(
-        (
-            "most predictions in flight without an error",
-            {n: runs[n]["most_in_flight"] for n in names},
-            "{:,}",
-            False,
-        )
-    )
-    runs = results["memory"]
-    rows.append(
-        (
-            "Python heap per prediction in flight (KiB)",
-            {n: runs[n]["kb_per_in_flight"] for n in names},
-            "{:.1f}",
-            True,
-        )
-    )
-    runs = results["rate_limit"]
-    for key, label in (
-        ("pct_of_limit", "share of a 20/s create limit achieved (%)"),
-        ("pct_throttled", "creates throttled under that limit (%)"),
-        ("lost", "inputs lost under that limit"),
-    ):
-        rows.append((label, {n: runs[n][key] for n in names}, "{:.1f}", False))
+    rows = []
+    for label, where, fmt, ratio in ROWS:
+        *path, key = where.split(".")
+        runs = results
+        for part in path:
+            runs = runs[part]
+        rows.append((label, {name: runs[name][key] for name in names}, fmt, ratio))
 
     header = f"| figure | {' | '.join(names)} | {ours} ÷ bare | {theirs} ÷ bare |"
     lines = [header, "|---|" + "---:|" * (len(names) + 2)]

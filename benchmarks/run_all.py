@@ -148,12 +148,14 @@ def rate_limit(count: int) -> dict[str, Any]:
         def measure(_: str, contender: Contender) -> dict[str, Any]:
             run = drive(contender, server, count, Workload(concurrency=64))
             stats = run["server"]
-            # The burst goes out at once; the rest at the rate the client found. Only
-            # inputs that succeeded count: a create lost to a 429 achieved nothing.
+            # The burst goes out at once; the rest at the rate the client found.
             seconds = max(run["wall_s"] - duration, 1e-9)
             attempts = stats["creates"]
             return {
-                "pct_of_limit": 100 * max(run["succeeded"] - burst, 0) / seconds / rate,
+                # A client that lost inputs achieved no rate worth the name.
+                "pct_of_limit": None
+                if run["lost"]
+                else 100 * max(run["succeeded"] - burst, 0) / seconds / rate,
                 "pct_throttled": 100 * stats["throttled"] / attempts if attempts else 0.0,
                 "lost": run["lost"],
                 "error": run["error"],

@@ -29,7 +29,7 @@ from urllib.parse import urlencode
 import anyio
 import attrs
 
-from ._create import CreateRequest, _matches, send_create
+from ._create import CreateRequest, _matches, is_claimed, send_create
 from ._errors import PredictionCanceled, PredictionFailed, QuickRouterError, WaitTimeout
 from ._models import Prediction, Status
 from ._schedule import Schedule
@@ -199,6 +199,7 @@ async def _find_abandoned(
         for prediction in page.results:
             if (
                 prediction.id not in taken
+                and not is_claimed(transport, prediction.id)
                 and not prediction.status.terminal
                 and _matches(prediction, request, since)
             ):

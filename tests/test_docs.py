@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.anyio
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = sorted((ROOT / "docs").glob("*.md")) + [ROOT / "README.md"]
+PAGES = [*sorted((ROOT / "docs").glob("*.md")), ROOT / "README.md"]
 BLOCK = re.compile(
     r"(?P<skip><!-- docs-test: skip[^>]*-->\s*\n)?^```python[^\n]*\n(?P<code>.*?)^```",
     re.MULTILINE | re.DOTALL,

@@ -112,6 +112,20 @@ def _as_json(payload: dict[str, Any]) -> dict[str, Any]:
     return normal
 
 
+# Model names already validated (a bulk job names a few models many times over).
+_VALID_MODELS: set[str] = set()
+_VALID_MODELS_KEPT: Final = 1024
+
+
+def _model_name(model: object) -> str:
+    if isinstance(model, str) and model in _VALID_MODELS:
+        return model
+    name = validate_model_name(model)
+    if len(_VALID_MODELS) < _VALID_MODELS_KEPT:
+        _VALID_MODELS.add(name)
+    return name
+
+
 def build_create(
     model_or_input: str | ModelInput,
     input: Mapping[str, Any] | ModelInput | None,  # noqa: A002
@@ -123,14 +137,14 @@ def build_create(
 ) -> CreateRequest:
     """Validate the arguments of `QuickRouter.create` and build the request."""
     if isinstance(model_or_input, str):
-        model = validate_model_name(model_or_input)
+        model = _model_name(model_or_input)
         if input is None:
             raise InputError(f"create({model!r}, ...) needs an input", field="input")
         payload = input_payload(input)
     elif isinstance(model_or_input, ModelInput):
         if input is not None:
             raise InputError("pass either a typed input or a model and an input", field="input")
-        model = validate_model_name(model_or_input.model)
+        model = _model_name(model_or_input.model)
         payload = input_payload(model_or_input)
     else:
         raise InputError(
@@ -189,30 +203,46 @@ def _matches(prediction: Prediction, request: CreateRequest, since: dt.datetime)
 
 
 class _Input:
-    """The creates of one input: how many are under way, and the gate lookups hold."""
+    """The creates of one input: how many are under way, and the gate lookups hold.
+
+    The lock and the event are made only when a lookup needs them: a create that meets
+    no lookup costs no synchronization object and no trip through the event loop.
+    """
+
+    __slots__ = ("_gate", "_idle", "sending", "users")
 
     def __init__(self) -> None:
         self.users = 0
         self.sending = 0
-        self.gate = anyio.Lock()
-        self.idle = anyio.Event()
-        self.idle.set()
+        self._gate: anyio.Lock | None = None
+        self._idle: anyio.Event | None = None
+
+    @property
+    def gate(self) -> anyio.Lock:
+        """Held by a lookup for this input: no create of it starts meanwhile."""
+        if self._gate is None:
+            self._gate = anyio.Lock()
+        return self._gate
 
     async def begin(self) -> None:
-        async with self.gate:  # waits while a lookup for this input runs
-            if self.sending == 0:
-                self.idle = anyio.Event()
+        if self._gate is not None and self._gate.locked():
+            async with self._gate:  # waits while a lookup for this input runs
+                self.sending += 1
+        else:
             self.sending += 1
 
     def end(self) -> None:
         self.sending -= 1
-        if self.sending == 0:
-            self.idle.set()
+        if self.sending == 0 and self._idle is not None:
+            self._idle.set()
+            self._idle = None
 
     async def settle(self) -> None:
         """Wait until no create of this input is under way (the gate is held)."""
         while self.sending:
-            await self.idle.wait()
+            if self._idle is None:
+                self._idle = anyio.Event()
+            await self._idle.wait()
 
 
 class _Ledger:

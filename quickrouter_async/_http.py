@@ -311,6 +311,8 @@ async def read_body(answer: aiohttp.ClientResponse, where: str) -> bytes:
     length = answer.content_length
     if success and length is not None and length > limit:
         raise ProtocolError(f"{where}: answer of {length} bytes is larger than {limit}")
+    if length is not None and length <= limit:
+        return await answer.read()  # its length is known and allowed: one read
     chunks: list[bytes] = []
     size = 0
     async for chunk in answer.content.iter_chunked(_CHUNK):

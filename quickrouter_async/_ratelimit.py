@@ -16,7 +16,17 @@ server's limit by itself, much as TCP finds a link's bandwidth:
   waiting), so that a limit that was raised is found again.
 
 Throttles that follow one another closely count as one event: creates already sent when
-the first 429 came back say nothing new about the limit.
+the first 429 came back say nothing new about the limit. A 429 whose
+``ratelimit-remaining`` header says the server's bucket still holds creates was not
+caused by the pace (a gateway's hiccup, a random refusal): only that create waits, as
+its answer asks; nothing else pauses and the rate stands. Cuts that follow each other
+within one episode of throttling never take the rate below a quarter of the best rate
+the server was measured to accept in it, so 429s that come whatever the pace cannot
+drive it to a standstill.
+
+Callers that queue are served first come first served by one of them, the pump, which
+sleeps until the bucket holds a create and then lets through every waiter the bucket
+covers at once: one wake of the event loop per tick, not one per create.
 """
 
 from __future__ import annotations
@@ -54,10 +64,24 @@ _EVENT_GAP: Final = 0.25
 # The pause when a 429 gave no hint, and the slowest rate the limiter falls to.
 _DEFAULT_PAUSE: Final = 1.0
 MIN_RATE: Final = 0.1
+# Cuts within one episode of throttling (events less than this many seconds apart) keep
+# at least this share of the best accepted rate measured in it.
+_EPISODE_QUIET: Final = 30.0
+_EPISODE_FLOOR: Final = 0.25
 # The shortest pause between two wakes of a queue of callers.
 _TICK: Final = 0.005
 # Waits shorter than this are rounding errors of the clock arithmetic, not waits.
 _EPSILON: Final = 1e-6
+
+
+class _Ticket:
+    """A caller queued for a create: granted by the pump, woken by its event."""
+
+    __slots__ = ("event", "granted")
+
+    def __init__(self) -> None:
+        self.event = anyio.Event()
+        self.granted = False
 
 
 class RateLimiter:
@@ -99,8 +123,8 @@ class RateLimiter:
         self._tokens = self._capacity
         self._stamp = clock()
         self._resume_at = -float("inf")
-        self._lock = anyio.Lock()
-        self._waiting = 0
+        self._queue: collections.deque[_Ticket] = collections.deque()
+        self._pumping = False
         self.granted = 0
         self.throttled = 0
         self.accepted = 0
@@ -110,6 +134,8 @@ class RateLimiter:
         self._granted_at_event = 0
         self._throttled_at_event = 0
         self._paused_at_event = 0.0
+        # The best accepted rate measured in this episode of throttling.
+        self._episode_best = 0.0
 
     def __repr__(self) -> str:
         mode = "fixed" if self.fixed else ("slow start" if self._slow_start else "adaptive")
@@ -154,28 +180,66 @@ class RateLimiter:
     async def acquire(self) -> None:
         """Wait until a create may be sent, first come first served."""
         now = self._clock()
-        if not self._waiting and self._delay(now) <= 0:
+        if not self._queue and self._delay(now) <= 0:
             self._grant(now, queued=False)
             return
-        self._waiting += 1
+        ticket = _Ticket()
+        self._queue.append(ticket)
         try:
-            async with self._lock:
-                while (delay := self._delay(now := self._clock())) > 0:
-                    # Not shorter than a tick: at high rates a wake lets several through.
-                    await self._sleep(max(delay, _TICK))
-                self._grant(now, queued=True)
+            while not ticket.granted:
+                if self._pumping:
+                    await ticket.event.wait()
+                    ticket.event = anyio.Event()
+                    continue
+                self._pumping = True
+                try:
+                    await self._pump(ticket)
+                finally:
+                    self._pumping = False
+        except BaseException:
+            if ticket.granted:  # granted, then cancelled before it could send: give it back
+                self._tokens += 1.0
+                self.granted -= 1
+            else:
+                self._queue.remove(ticket)
+            raise
         finally:
-            self._waiting -= 1
+            if not self._pumping and self._queue:
+                self._queue[0].event.set()  # the next in line becomes the pump
+
+    async def _pump(self, ticket: _Ticket) -> None:
+        """Let queued callers through, in order, as the bucket fills, until ``ticket`` is."""
+        while not ticket.granted:
+            delay = self._delay(now := self._clock())
+            if delay > 0:
+                # Not shorter than a tick: at high rates a wake lets several through.
+                await self._sleep(max(delay, _TICK))
+                continue
+            queue = self._queue
+            while queue and self._delay(now) <= 0:
+                waiter = queue.popleft()
+                waiter.granted = True
+                self._grant(now, queued=True)
+                waiter.event.set()
 
     def on_accepted(self) -> None:
         """A create was not throttled."""
         self.accepted += 1
 
-    def on_throttled(self, retry_after: float | None) -> None:
-        """A create was answered 429: pause as asked and, if adaptive, slow down."""
+    def on_throttled(self, retry_after: float | None, *, bucket_empty: bool = True) -> None:
+        """A create was answered 429: pause as asked and, if adaptive, slow down.
+
+        Args:
+            retry_after: the wait the answer asked for, if any.
+            bucket_empty: False when the answer said the server's bucket still holds
+                creates (``ratelimit-remaining`` above 0): the pace did not cause it, so
+                nothing pauses and the rate stands (the create itself waits and retries).
+        """
         self.throttled += 1
         now = self._clock()
         self._throttles.append(now)
+        if not bucket_empty:
+            return
         asked = _DEFAULT_PAUSE if retry_after is None else max(0.0, retry_after)
         pause = min(asked, self._max_pause)
         self._resume_at = max(self._resume_at, now + pause)
@@ -183,16 +247,25 @@ class RateLimiter:
         if self.fixed:
             return
         last = self._last_event
-        if last is not None and now - last < max(_EVENT_GAP, 2.0 / self._rate):
+        # One event per window: the pause it imposed, then two create intervals for the
+        # creates already sent to come back.
+        if last is not None and now - last - self._paused_at_event < max(
+            _EVENT_GAP, 2.0 / self._rate
+        ):
             return
+        if last is None or now - last > _EPISODE_QUIET:
+            self._episode_best = 0.0
         measured = self._measured_rate(now)
+        if measured is not None:
+            self._episode_best = max(self._episode_best, measured)
+        floor = max(MIN_RATE, _EPISODE_FLOOR * self._episode_best)
         if measured is None:
             # Too little history to measure (a first burst hit a small server bucket):
             # halve, and keep growing fast.
-            self._rate = max(MIN_RATE, self._rate / 2)
+            self._rate = max(floor, self._rate / 2)
         else:
             self._slow_start = False
-            self._rate = max(MIN_RATE, _BACK_OFF * min(self._rate, measured))
+            self._rate = max(floor, _BACK_OFF * min(self._rate, measured))
         self._capacity = max(1.0, self._rate * _BURST_SECONDS)
         self._last_event = now
         self._granted_at_event = self.granted

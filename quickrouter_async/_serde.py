@@ -38,6 +38,8 @@ _STRING_FIELDS: Final = (
     "deployment",
     "webhook",
 )
+# The known statuses by value: a dict lookup instead of the enum's call machinery.
+_STATUSES: Final[dict[str, Status]] = {member.value: member for member in Status}
 _KNOWN: Final = frozenset(
     {"id", "status", "input", "output", "error", "data_removed", "metrics", "urls"}
     | set(_DATETIME_FIELDS)
@@ -104,7 +106,7 @@ def parse_prediction(data: object) -> Prediction:
         raise ProtocolError("prediction field 'data_removed' should be a boolean")
     return Prediction(
         id=pid,
-        status=Status(status),
+        status=_STATUSES.get(status) or Status(status),
         input=_optional_dict(data, "input"),
         output=data.get("output"),
         error=_error_text(data.get("error")),

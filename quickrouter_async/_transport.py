@@ -21,7 +21,7 @@ import json
 import logging
 import time
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Final, Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -54,9 +54,21 @@ if TYPE_CHECKING:
 
     from ._config import RetryPolicy, Timeouts
 
-__all__ = ["CreateLimiter", "Response", "Transport", "create_in_doubt", "error_from_answer"]
+__all__ = [
+    "CreateLimiter",
+    "Response",
+    "Transport",
+    "bucket_empty",
+    "create_in_doubt",
+    "error_from_answer",
+]
 
 logger = logging.getLogger(__name__)
+
+# Characters `urlsplit` strips from a URL: a URL with one has its path found the slow way.
+_SPECIAL: Final = ("\t", "\r", "\n")
+# Distinct read allowances (``Prefer: wait`` lengths) whose timeouts are kept.
+_TIMEOUTS_KEPT: Final = 128
 
 
 class CreateLimiter(Protocol):
@@ -65,8 +77,8 @@ class CreateLimiter(Protocol):
     async def acquire(self) -> None:
         """Wait until a create may be sent."""
 
-    def on_throttled(self, retry_after: float | None) -> None:
-        """A create was answered 429."""
+    def on_throttled(self, retry_after: float | None, *, bucket_empty: bool = True) -> None:
+        """A create was answered 429 (``bucket_empty``: not a ``ratelimit-remaining`` above 0)."""
 
     def on_accepted(self) -> None:
         """A create was answered with anything but 429."""
@@ -116,7 +128,17 @@ class Transport:
     ) -> None:
         self.base_url = base_url
         self._origin = self._origin_of(base_url)
+        # URLs under this prefix are on the API's origin whatever follows: no parsing.
+        self._prefix = base_url.rstrip("/") + "/"
+        self._base_path = urlsplit(base_url).path.rstrip("/")
         self._api_key = None if not api_key else Secret(api_key)
+        # Built once: every request copies them instead of building them anew.
+        self._plain_headers = RedactedHeaders({"Accept": "application/json"})
+        self._api_headers = RedactedHeaders(self._plain_headers)
+        if self._api_key is not None:
+            self._api_headers["Authorization"] = f"Bearer {self._api_key.reveal()}"
+        self._timeout_cache: dict[float, aiohttp.ClientTimeout] = {}
+        self._timeout_source: Timeouts | None = None
         self.timeouts = timeouts
         self.retry = retry
         self._owns_session = session is None
@@ -143,7 +165,14 @@ class Transport:
 
     def is_api_url(self, url: str) -> bool:
         """True if ``url`` is on the API's scheme, host and port (so it may get the key)."""
-        return self._origin_of(url) == self._origin
+        return url.startswith(self._prefix) or self._origin_of(url) == self._origin
+
+    def _path_of(self, url: str) -> str:
+        """The path of ``url`` (for messages and logs), as `urlsplit` gives it."""
+        if url.startswith(self._prefix) and not any(c in url for c in _SPECIAL):
+            rest = url[len(self._prefix) - 1 :]
+            return self._base_path + rest.partition("?")[0].partition("#")[0]
+        return urlsplit(url).path
 
     @property
     def connections(self) -> int:
@@ -191,19 +220,34 @@ class Transport:
         """The server's clock now, as a Unix time (this machine's until a ``Date`` came)."""
         return time.time() + (self.clock_offset or 0.0)
 
-    def _headers(self, url: str, extra: Mapping[str, str] | None) -> RedactedHeaders:
-        headers = RedactedHeaders({"Accept": "application/json"})
+    def _headers(
+        self, url: str, extra: Mapping[str, str] | None, *, json_body: bool = False
+    ) -> RedactedHeaders:
+        base = self._api_headers if self.is_api_url(url) else self._plain_headers
+        if not extra and not json_body:
+            return base  # never changed after this point: shared by every such request
+        headers = RedactedHeaders(base)
         if extra:
             headers.update(extra)
-        if self._api_key is not None and self.is_api_url(url):
-            headers["Authorization"] = f"Bearer {self._api_key.reveal()}"
+            if "Authorization" in base:
+                headers["Authorization"] = base["Authorization"]
+        if json_body:
+            headers["Content-Type"] = "application/json"
         return headers
 
     def _client_timeout(self, read_extra: float) -> aiohttp.ClientTimeout:
         t = self.timeouts
-        read = None if t.read is None else t.read + read_extra
-        total = None if t.total is None else t.total + read_extra
-        return aiohttp.ClientTimeout(total=total, sock_connect=t.connect, sock_read=read)
+        if t is not self._timeout_source:
+            self._timeout_cache.clear()
+            self._timeout_source = t
+        timeout = self._timeout_cache.get(read_extra)
+        if timeout is None:
+            read = None if t.read is None else t.read + read_extra
+            total = None if t.total is None else t.total + read_extra
+            timeout = aiohttp.ClientTimeout(total=total, sock_connect=t.connect, sock_read=read)
+            if len(self._timeout_cache) < _TIMEOUTS_KEPT:
+                self._timeout_cache[read_extra] = timeout
+        return timeout
 
     async def request(
         self,
@@ -231,16 +275,14 @@ class Transport:
             TransportError: no answer (connection failed, reset, `RequestTimeout`).
             ProtocolError: a 2xx answer that is not JSON or too large, or a redirect.
         """
-        path = urlsplit(url).path
+        path = self._path_of(url)
         attempt = _Attempt(method, path, create, read_extra)
         body = None
         if json_body is not None:
             body = json.dumps(
                 json_body, separators=(",", ":"), ensure_ascii=False, allow_nan=False
             ).encode()
-        send_headers = self._headers(url, headers)
-        if body is not None:
-            send_headers["Content-Type"] = "application/json"
+        send_headers = self._headers(url, headers, json_body=body is not None)
         while True:
             attempt.number += 1
             if create and self.create_limiter is not None:
@@ -287,48 +329,16 @@ class Transport:
         self, url: str, body: bytes | None, headers: RedactedHeaders, attempt: _Attempt
     ) -> Response:
         """One HTTP exchange: the answer's status, headers and body, or an error."""
-        async with self._slots:
-            try:
-                async with self.session.request(
-                    attempt.method,
-                    url,
-                    data=body,
-                    headers=headers,
-                    timeout=self._client_timeout(attempt.read_extra),
-                    allow_redirects=False,
-                ) as answer:
-                    status, answer_headers = answer.status, answer.headers
-                    raw = await read_body(answer, f"{attempt.method} {attempt.path}")
-            except ProtocolError:
-                attempt.garbled = True
-                self._log(attempt, "too large")
-                if attempt.create and self.create_limiter is not None:
-                    self.create_limiter.on_accepted()  # an answer, if a useless one
-                raise
-            except aiohttp.ConnectionTimeoutError as exc:
-                # Timed out while opening the connection: nothing was sent.
-                self._log(attempt, "connect timeout")
-                raise RequestTimeout(
-                    f"{attempt.method} {attempt.path}: connecting timed out", request_sent=False
-                ) from without_frames(exc)
-            except TimeoutError as exc:
-                self._log(attempt, "timeout")
-                raise RequestTimeout(
-                    f"{attempt.method} {attempt.path} timed out"
-                ) from without_frames(exc)
-            except aiohttp.ClientConnectorError as exc:
-                # The connection was never made: the server cannot have seen the request.
-                self._log(attempt, "connect failed")
-                raise TransportError(
-                    f"could not connect for {attempt.method} {attempt.path}: {exc.strerror}",
-                    request_sent=False,
-                ) from without_frames(exc)
-            except (aiohttp.ClientError, OSError) as exc:
-                self._log(attempt, "connection error")
-                raise TransportError(
-                    f"connection failed during {attempt.method} {attempt.path}: "
-                    f"{type(exc).__name__}"
-                ) from without_frames(exc)
+        slots = self._slots
+        # The non-blocking form first: a free slot costs no trip through the event loop.
+        try:
+            slots.acquire_nowait()
+        except anyio.WouldBlock:
+            await slots.acquire()
+        try:
+            status, answer_headers, raw = await self._exchange(url, body, headers, attempt)
+        finally:
+            slots.release()
         if self._api_key is not None:
             raw = self._api_key.scrub(raw)  # before it reaches any message or local
         self._log(attempt, status)
@@ -344,7 +354,9 @@ class Transport:
             )
         if attempt.create and self.create_limiter is not None:
             if isinstance(error, RateLimitError):
-                self.create_limiter.on_throttled(error.retry_after)
+                self.create_limiter.on_throttled(
+                    error.retry_after, bucket_empty=bucket_empty(answer_headers)
+                )
             else:
                 self.create_limiter.on_accepted()
         if error is not None:
@@ -357,6 +369,52 @@ class Transport:
             attempt.garbled = True
             raise
         return Response(status, answer_headers, data)
+
+    async def _exchange(
+        self, url: str, body: bytes | None, headers: RedactedHeaders, attempt: _Attempt
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        """Send the request and read the answer; failures become the library's errors."""
+        try:
+            async with self.session.request(
+                attempt.method,
+                url,
+                data=body,
+                headers=headers,
+                timeout=self._client_timeout(attempt.read_extra),
+                allow_redirects=False,
+            ) as answer:
+                status, answer_headers = answer.status, answer.headers
+                raw = await read_body(answer, f"{attempt.method} {attempt.path}")
+        except ProtocolError:
+            attempt.garbled = True
+            self._log(attempt, "too large")
+            if attempt.create and self.create_limiter is not None:
+                self.create_limiter.on_accepted()  # an answer, if a useless one
+            raise
+        except aiohttp.ConnectionTimeoutError as exc:
+            # Timed out while opening the connection: nothing was sent.
+            self._log(attempt, "connect timeout")
+            raise RequestTimeout(
+                f"{attempt.method} {attempt.path}: connecting timed out", request_sent=False
+            ) from without_frames(exc)
+        except TimeoutError as exc:
+            self._log(attempt, "timeout")
+            raise RequestTimeout(f"{attempt.method} {attempt.path} timed out") from without_frames(
+                exc
+            )
+        except aiohttp.ClientConnectorError as exc:
+            # The connection was never made: the server cannot have seen the request.
+            self._log(attempt, "connect failed")
+            raise TransportError(
+                f"could not connect for {attempt.method} {attempt.path}: {exc.strerror}",
+                request_sent=False,
+            ) from without_frames(exc)
+        except (aiohttp.ClientError, OSError) as exc:
+            self._log(attempt, "connection error")
+            raise TransportError(
+                f"connection failed during {attempt.method} {attempt.path}: {type(exc).__name__}"
+            ) from without_frames(exc)
+        return status, answer_headers, raw
 
     def _note_date(self, headers: Mapping[str, str]) -> None:
         """Learn the server's clock from a ``Date`` header (whole seconds, so +0.5)."""
@@ -395,6 +453,19 @@ class Transport:
                 attempt.number,
                 time.monotonic() - attempt.started,
             )
+
+
+def bucket_empty(headers: Mapping[str, str]) -> bool:
+    """Whether a 429 may mean the create budget is spent: not when the answer's
+    ``ratelimit-remaining`` says creates remain (the refusal had another cause).
+    """
+    remaining = header(headers, "ratelimit-remaining")
+    if remaining is None:
+        return True
+    try:
+        return float(remaining) < 1
+    except ValueError:
+        return True
 
 
 def create_in_doubt(exc: BaseException) -> bool:

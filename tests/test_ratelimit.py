@@ -240,3 +240,73 @@ async def test_a_fixed_client_rate_limit_is_installed() -> None:
         assert isinstance(limiter, RateLimiter)
         assert limiter.fixed
         assert limiter.rate == 7.5
+
+
+async def test_a_429_with_creates_remaining_neither_pauses_nor_slows(clock: FakeClock) -> None:
+    limiter = RateLimiter(clock=clock, sleep=clock.sleep)
+    for _ in range(40):
+        await limiter.acquire()
+    before = limiter.rate
+    for _ in range(10):
+        limiter.on_throttled(1.0, bucket_empty=False)
+    assert limiter.paused_for == 0.0
+    assert limiter.rate == before
+    assert limiter.throttled == 10
+    assert "slow start" in repr(limiter)
+
+
+async def test_random_429s_without_a_header_do_not_drive_the_rate_down(clock: FakeClock) -> None:
+    # Every fifth create refused whatever the pace: cuts within the episode keep a
+    # quarter of the best rate measured, so the pace never collapses.
+    limiter = RateLimiter(clock=clock, sleep=clock.sleep)
+    for number in range(2000):
+        await limiter.acquire()
+        if number % 5 == 4:
+            limiter.on_throttled(1.0)
+            await clock.sleep(1.0)
+        else:
+            limiter.on_accepted()
+    assert limiter.rate >= 10 * MIN_RATE, limiter
+
+
+async def test_queued_callers_are_let_through_together(clock: FakeClock) -> None:
+    limiter = RateLimiter(1000.0, clock=clock, sleep=clock.sleep)
+    for _ in range(5):
+        await limiter.acquire()  # empty the bucket (five creates: a tick's worth)
+    async with anyio.create_task_group() as group:
+        for _ in range(20):
+            group.start_soon(limiter.acquire)
+    assert limiter.granted == 25
+    # A tick lets five through: the pump sleeps once per tick, not once per caller.
+    assert len(clock.sleeps) <= 5, clock.sleeps
+
+
+async def test_a_cancelled_waiter_leaves_the_queue_moving(clock: FakeClock) -> None:
+    limiter = RateLimiter(1.0, clock=clock, sleep=clock.sleep)
+    await limiter.acquire()
+    with anyio.move_on_after(0) as scope:
+        await limiter.acquire()  # would wait for the pump: cancelled at once
+    assert scope.cancelled_caught
+    await limiter.acquire()
+    assert limiter.granted == 2
+
+
+async def test_random_throttles_from_the_emulator_keep_the_pace() -> None:
+    # 429s that come whatever the pace (a fault, with ratelimit-remaining above 0) are
+    # retried one by one; the limiter neither pauses everyone nor cuts its rate.
+    faults = qr.testing.Faults(throttle=0.2, endpoints="create")
+    # Enough attempts that no input runs out of them (0.2 ** 12 per input).
+    retry = qr.RetryPolicy(attempts=12, initial=0.001, maximum=0.01, max_retry_after=0.05)
+    async with (
+        Emulator(duration=0.01, faults=faults, seed=3) as emu,
+        qr.QuickRouter(emu.api_key, base_url=emu.base_url, poll=FAST_POLL, retry=retry) as client,
+    ):
+        limiter = client._transport.create_limiter
+        assert isinstance(limiter, RateLimiter)
+        inputs = [("google/imagen-4", {"prompt": f"p{n}"}) for n in range(60)]
+        async with client.run_many(inputs, concurrency=20) as outcomes:
+            results = [outcome async for outcome in outcomes]
+        assert all(outcome.ok for outcome in results)
+        assert limiter.throttled > 0
+        assert limiter.rate >= INITIAL_RATE, limiter
+        assert limiter.paused_for == 0.0

@@ -52,13 +52,15 @@ class Limiter:
     def __init__(self) -> None:
         self.acquired = 0
         self.throttled: list[float | None] = []
+        self.empty: list[bool] = []
         self.accepted = 0
 
     async def acquire(self) -> None:
         self.acquired += 1
 
-    def on_throttled(self, retry_after: float | None) -> None:
+    def on_throttled(self, retry_after: float | None, *, bucket_empty: bool = True) -> None:
         self.throttled.append(retry_after)
+        self.empty.append(bucket_empty)
 
     def on_accepted(self) -> None:
         self.accepted += 1

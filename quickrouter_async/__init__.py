@@ -36,6 +36,7 @@ from ._errors import (
 from ._fanout import Progress
 from ._inputs import Imagen4Input, ModelInput, Seedream4Input
 from ._models import Outcome, Prediction, PredictionPage, Status
+from ._receiver import WebhookReceiver
 from ._version import __version__
 from ._webhooks import verify_webhook
 
@@ -71,6 +72,7 @@ __all__ = [
     "Timeouts",
     "TransportError",
     "WaitTimeout",
+    "WebhookReceiver",
     "WebhookVerificationError",
     "__version__",
     "verify_webhook",

@@ -21,7 +21,7 @@ from ._errors import AuthenticationError, InputError, WaitTimeout
 from ._fanout import Inputs, InputT, ProgressCallback, RunMany, concurrency_of
 from ._files import DEFAULT_MAX_BYTES, download_outputs, prediction_of
 from ._models import Outcome, Prediction
-from ._polling import Schedule, cancel_quietly, raise_for_outcome, wait_for, watch
+from ._polling import Push, Schedule, cancel_quietly, raise_for_outcome, wait_for, watch
 from ._ratelimit import RateLimiter
 from ._serde import parse_page, parse_prediction
 from ._transport import Transport
@@ -104,6 +104,8 @@ class QuickRouter:
             rate_limit, max_pause=self._transport.retry.max_retry_after
         )
         self._schedule = Schedule(self.poll)
+        # Set by a `WebhookReceiver`: waits then learn from webhooks instead of polls.
+        self._push: Push | None = None
 
     def __repr__(self) -> str:
         key = "set" if self._has_key else "missing"
@@ -240,7 +242,8 @@ class QuickRouter:
         schedule learned per model, dense around the time its predictions usually
         finish and sparse elsewhere.
         """
-        async for snapshot in watch(self._start(prediction), self._poll, self._schedule):
+        start = self._start(prediction)
+        async for snapshot in watch(start, self._poll, self._schedule, push=self._push):
             yield snapshot
 
     async def wait(
@@ -271,6 +274,7 @@ class QuickRouter:
             transport=self._transport,
             deadline=deadline,
             give_up=self._give_up if cancel_on_exit else None,
+            push=self._push,
         )
 
     async def run(
@@ -316,6 +320,7 @@ class QuickRouter:
                 transport=self._transport,
                 deadline=deadline,
                 give_up=self._give_up if cancel_on_exit else None,
+                push=self._push,
             )
         except WaitTimeout as exc:
             if cancel_on_exit and exc.prediction is not None:

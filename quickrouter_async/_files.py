@@ -176,10 +176,25 @@ async def download_outputs(
                 transport, url, folder, (prediction.id, index), max_bytes
             )
 
-    async with anyio.create_task_group() as group:
-        for index, url in enumerate(urls):
-            group.start_soon(one, index, url)
+    try:
+        async with anyio.create_task_group() as group:
+            for index, url in enumerate(urls):
+                group.start_soon(one, index, url)
+    except BaseExceptionGroup as group:
+        # The first file to fail stops the others: raise its error, not a group of one.
+        raise _first_error(group) from None
     return [path for path in paths if path is not None]
+
+
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first error of a task group that is not the cancellation of a sibling."""
+    cancelled = anyio.get_cancelled_exc_class()
+    for error in group.exceptions:
+        if isinstance(error, BaseExceptionGroup):
+            return _first_error(error)
+        if not isinstance(error, cancelled):
+            return error
+    return group
 
 
 def prediction_of(target: Prediction | Outcome[object]) -> Prediction:

@@ -23,7 +23,7 @@ import email.utils
 import logging
 import math
 import time
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 from urllib.parse import urlencode
 
 import anyio
@@ -43,8 +43,22 @@ if TYPE_CHECKING:
     Fetch = Callable[[str], Awaitable[tuple[Prediction, Mapping[str, str]]]]
     GiveUp = Callable[[str], Awaitable[Prediction | None]]
 
+
+class Push(Protocol):
+    """Snapshots pushed by webhooks (a `WebhookReceiver`'s hub), waited on instead of polls."""
+
+    fallback_interval: float
+
+    def covers(self, prediction: Prediction) -> bool:
+        """Whether webhooks are expected for ``prediction``."""
+
+    async def next(self, current: Prediction, timeout: float) -> Prediction | None:
+        """A snapshot newer than ``current`` within ``timeout`` seconds, else None."""
+
+
 __all__ = [
     "CANCEL_GRACE",
+    "Push",
     "Schedule",
     "cancel_quietly",
     "raise_for_outcome",
@@ -104,8 +118,13 @@ async def _follow(
     *,
     deadline: float = math.inf,
     watched_from: float | None = None,
+    push: Push | None = None,
 ) -> AsyncGenerator[Prediction, None]:
-    """Yield ``first`` (fetched, for an id), then each change, ending after a terminal one."""
+    """Yield ``first`` (fetched, for an id), then each change, ending after a terminal one.
+
+    With ``push``, a prediction created with a webhook is not polled while webhooks
+    arrive: the loop waits on ``push`` and polls only after its quiet period.
+    """
     hint: float | None = None
     if isinstance(first, str):
         first, headers = await fetch(first)
@@ -115,17 +134,23 @@ async def _follow(
     yield current
     latency, final = 0.0, False
     while not current.status.terminal:
-        delay = track.next_delay(hint=hint)
+        pushed = push is not None and push.covers(current)
+        delay = push.fallback_interval if push and pushed else track.next_delay(hint=hint)
         now = anyio.current_time()
         margin = max(_FINAL_MARGIN, 2 * latency)
         if not final and now + delay + margin >= deadline:
             # One last look just before the deadline, so a timeout reports what is true.
             delay, final = max(0.0, deadline - margin - now), True
-        await anyio.sleep(delay)
-        sent = anyio.current_time()
-        latest, headers = await fetch(current.id)
-        latency = anyio.current_time() - sent
-        hint = retry_after(headers)
+        news = await push.next(current, delay) if push and pushed else None
+        if news is not None:
+            latest, hint = news, None
+        else:
+            if not pushed:
+                await anyio.sleep(delay)
+            sent = anyio.current_time()
+            latest, headers = await fetch(current.id)
+            latency = anyio.current_time() - sent
+            hint = retry_after(headers)
         track.update(latest)
         if not latest.status.known:
             logger.debug("prediction %s has unknown status %r", latest.id, latest.status.value)
@@ -135,7 +160,7 @@ async def _follow(
 
 
 async def watch(
-    first: Prediction | str, fetch: Fetch, schedule: Schedule
+    first: Prediction | str, fetch: Fetch, schedule: Schedule, *, push: Push | None = None
 ) -> AsyncIterator[Prediction]:
     """Yield ``first`` (fetched, for an id), then each change, ending after a terminal one.
 
@@ -143,8 +168,9 @@ async def watch(
         first: the prediction, or its id.
         fetch: gets a prediction by id, with the answer's headers.
         schedule: the client's schedule.
+        push: webhook snapshots to wait on instead of polling, if any.
     """
-    async with contextlib.aclosing(_follow(first, fetch, schedule)) as snapshots:
+    async with contextlib.aclosing(_follow(first, fetch, schedule, push=push)) as snapshots:
         async for snapshot in snapshots:
             yield snapshot
 
@@ -241,6 +267,7 @@ async def wait_for(
     transport: Transport,
     deadline: float = math.inf,
     give_up: GiveUp | None = None,
+    push: Push | None = None,
 ) -> Prediction:
     """Wait until the prediction is terminal and return it.
 
@@ -252,6 +279,7 @@ async def wait_for(
         deadline: when to stop, on the `anyio.current_time` clock.
         give_up: cancels a prediction by id; called (shielded, within `CANCEL_GRACE`)
             when the wait ends without a terminal prediction. None leaves it running.
+        push: webhook snapshots to wait on instead of polling, if any.
 
     Raises:
         WaitTimeout: the deadline passed; it carries the last prediction seen.
@@ -271,7 +299,7 @@ async def wait_for(
                 watched_from = 0.0
             schedule.watching.add(first if isinstance(first, str) else first.id)
             snapshots = _follow(
-                first, fetch, schedule, deadline=deadline, watched_from=watched_from
+                first, fetch, schedule, deadline=deadline, watched_from=watched_from, push=push
             )
             async with contextlib.aclosing(snapshots):
                 async for snapshot in snapshots:

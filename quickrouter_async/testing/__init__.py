@@ -22,10 +22,12 @@ from ._records import (
     RequestRecord,
     Status,
 )
+from ._webhooks import WEBHOOK_EVENTS, WebhookDelivery
 
 __all__ = [
     "FAULT_ENDPOINTS",
     "TERMINAL_STATUSES",
+    "WEBHOOK_EVENTS",
     "Duration",
     "DurationRange",
     "Emulator",
@@ -36,4 +38,5 @@ __all__ = [
     "RateLimit",
     "RequestRecord",
     "Status",
+    "WebhookDelivery",
 ]

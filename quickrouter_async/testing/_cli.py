@@ -67,6 +67,22 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     limits.add_argument("--rate", type=float, help="creates per second (default 10 with --burst)")
     limits.add_argument("--burst", type=int, help="creates allowed at once (default 10)")
     limits.add_argument("--no-retry-after", action="store_true", help="omit Retry-After on 429")
+    hooks = parser.add_argument_group("webhook delivery")
+    hooks.add_argument(
+        "--webhook-duplicate-rate", type=float, default=0.0, help="chance a webhook is sent twice"
+    )
+    hooks.add_argument(
+        "--webhook-reorder-rate",
+        type=float,
+        default=0.0,
+        help="chance a webhook is sent after the next one (out of order)",
+    )
+    hooks.add_argument(
+        "--webhook-retries", type=int, default=6, help="retries of a failed completed webhook"
+    )
+    hooks.add_argument(
+        "--webhook-retry-delay", type=float, default=1.0, help="seconds before the first retry"
+    )
     faults = parser.add_argument_group("faults (probabilities from 0 to 1)")
     for name, text in _FAULT_FLAGS:
         faults.add_argument("--" + name.replace("_", "-"), type=float, default=0.0, help=text)
@@ -115,6 +131,10 @@ def emulator_options(arguments: argparse.Namespace) -> dict[str, Any]:
         "data_retention": arguments.data_retention,
         "passthrough_urls": not arguments.local_urls,
         "early_output": arguments.early_output,
+        "webhook_duplicate_rate": arguments.webhook_duplicate_rate,
+        "webhook_reorder_rate": arguments.webhook_reorder_rate,
+        "webhook_retries": arguments.webhook_retries,
+        "webhook_retry_delay": arguments.webhook_retry_delay,
         "rate_limit": rate_limit,
         "faults": faults,
     }

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
     from collections.abc import Iterable
     from types import TracebackType
 
+    from ._webhooks import WebhookDelivery
+
 #: A duration in seconds, as a number or a ``timedelta``.
 Duration = float | datetime.timedelta
 #: A fixed duration, or a ``(minimum, maximum)`` range drawn from uniformly.
@@ -96,6 +98,17 @@ class Emulator:
             lower it to test deadlines quickly).
         data_retention: seconds after completion when a prediction's input, output,
             logs and files are removed (``data_removed: true``); ``None`` keeps them.
+        webhook_duplicate_rate: the chance that a webhook is delivered twice (same
+            ``webhook-id``).
+        webhook_reorder_rate: the chance that a webhook other than ``completed`` is
+            held back and delivered after the next one (so possibly after completion).
+        webhook_retries: how many times a refused or failed ``completed`` webhook is
+            sent again (other webhooks are never retried).
+        webhook_retry_delay: seconds before the first retry; each next one waits twice
+            as long.
+
+    Predictions created with a ``webhook`` get signed webhooks (see
+    ``webhook_deliveries`` and ``drain_webhooks``).
     """
 
     def __init__(
@@ -119,6 +132,10 @@ class Emulator:
         early_output: bool = False,
         min_cancel_after: Duration = 5.0,
         data_retention: Duration | None = None,
+        webhook_duplicate_rate: float = 0.0,
+        webhook_reorder_rate: float = 0.0,
+        webhook_retries: int = 6,
+        webhook_retry_delay: Duration = 1.0,
     ) -> None:
         """Configure the emulator; nothing listens until it is started."""
         self.seed = seed
@@ -140,6 +157,12 @@ class Emulator:
         self.early_output = early_output
         self.min_cancel_after = min_cancel_after
         self.data_retention = data_retention
+        self.webhook_duplicate_rate = webhook_duplicate_rate
+        self.webhook_reorder_rate = webhook_reorder_rate
+        self.webhook_retries = webhook_retries
+        self.webhook_retry_delay = webhook_retry_delay
+        #: Every webhook delivery attempt (retries and duplicates included), in order.
+        self.webhook_deliveries: list[WebhookDelivery] = []
         #: The predictions created, oldest first (also looked up by id with ``get``).
         self.predictions = Predictions()
         #: Every API request answered, in arrival order (file downloads are separate).
@@ -257,6 +280,42 @@ class Emulator:
     def data_retention(self, value: Duration | None) -> None:
         self._data_retention = None if value is None else seconds(value)
 
+    @property
+    def webhook_duplicate_rate(self) -> float:
+        """The chance that a webhook is delivered twice."""
+        return self._webhook_duplicate_rate
+
+    @webhook_duplicate_rate.setter
+    def webhook_duplicate_rate(self, value: float) -> None:
+        self._webhook_duplicate_rate = probability(value, "webhook_duplicate_rate")
+
+    @property
+    def webhook_reorder_rate(self) -> float:
+        """The chance that a webhook is delivered after the next one."""
+        return self._webhook_reorder_rate
+
+    @webhook_reorder_rate.setter
+    def webhook_reorder_rate(self, value: float) -> None:
+        self._webhook_reorder_rate = probability(value, "webhook_reorder_rate")
+
+    @property
+    def webhook_retries(self) -> int:
+        """How many times a failed ``completed`` webhook is sent again."""
+        return self._webhook_retries
+
+    @webhook_retries.setter
+    def webhook_retries(self, value: int) -> None:
+        self._webhook_retries = _count(value, "webhook_retries", 0)
+
+    @property
+    def webhook_retry_delay(self) -> float:
+        """Seconds before the first retry of a ``completed`` webhook (then doubling)."""
+        return self._webhook_retry_delay
+
+    @webhook_retry_delay.setter
+    def webhook_retry_delay(self, value: Duration) -> None:
+        self._webhook_retry_delay = seconds(value)
+
     # -- addresses -----------------------------------------------------------------------
 
     @property
@@ -321,10 +380,11 @@ class Emulator:
         )
 
     def clear(self) -> None:
-        """Forget every prediction, request and file download seen so far."""
+        """Forget every prediction, request, file download and webhook seen so far."""
         self.predictions.clear()
         self.requests.clear()
         self.file_requests.clear()
+        self.webhook_deliveries.clear()
         self._runtime.images.clear()
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -358,11 +418,20 @@ class Emulator:
         self._runtime.closing = asyncio.Event()
         self._runner = runner
 
+    async def drain_webhooks(self) -> None:
+        """Wait until every webhook delivery started so far has ended.
+
+        A prediction's deliveries end after its ``completed`` webhook was answered 2xx
+        or ran out of retries.
+        """
+        await self._runtime.webhooks.drain()
+
     async def aclose(self) -> None:
-        """Stop listening; held requests are answered first. Idempotent."""
+        """Stop listening; held requests are answered first, pending webhooks dropped."""
         runner, self._runner = self._runner, None
         if runner is not None:
             self._runtime.release()
+            await self._runtime.webhooks.aclose()
             await runner.cleanup()
 
     async def serve_forever(self) -> None:

@@ -233,6 +233,8 @@ class Handlers:
         )
         exchange = exchange_of(request)
         exchange.prediction_id = record.id
+        if record.webhook is not None:
+            runtime.webhooks.schedule(emulator, record)
         faults = emulator.faults
         if faults is not None and "create" in faults.endpoints:
             if _faults.chance(runtime.rng, faults.reset_after_create):

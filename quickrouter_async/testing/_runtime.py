@@ -12,6 +12,7 @@ from ._images import ImageCache
 from ._protocol import new_id
 from ._records import PredictionRecord
 from ._render import ready_at
+from ._webhooks import WebhookSender
 
 if TYPE_CHECKING:
     import random
@@ -36,6 +37,7 @@ class Runtime:
         images: the cache of encoded output images.
         versions: version id to model, for creates by bare version id.
         closing: set when the emulator stops, to release held requests.
+        webhooks: the background delivery of webhooks.
     """
 
     def __init__(self, rng: random.Random) -> None:
@@ -45,6 +47,7 @@ class Runtime:
         self.images = ImageCache()
         self.versions: dict[str, str] = dict(KNOWN_VERSIONS)
         self.closing = asyncio.Event()
+        self.webhooks = WebhookSender(rng)
         self._held: set[asyncio.Event] = set()
         self._sequence = 0
 

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
-import html
 import json
-import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import anyio
 
 import quickrouter_async as qr
 
+from .._journal import JOURNAL_NAME
+from .._serde import input_payload
 from ..testing import Emulator
+from ._batch import BatchOptions, run_batch
+from ._gallery import RESULTS_NAME
+from ._progress import interactive
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -33,74 +36,25 @@ DEMO_INPUTS: list[qr.Imagen4Input | qr.Seedream4Input] = [
 ]
 
 
-async def _one(
-    client: qr.QuickRouter, index: int, item: qr.Imagen4Input | qr.Seedream4Input, out: Path
-) -> dict[str, Any]:
-    record: dict[str, Any] = {"index": index, "model": item.model, "input": None, "files": []}
-    record["input"] = qr._serde.input_payload(item)  # noqa: SLF001 (the payload sent)
-    try:
-        prediction = await client.run(item)
-        files = await client.download(prediction, out)
-    except qr.PredictionError as exc:
-        prediction, files = exc.prediction, []
-        record["error"] = str(exc)
-    else:
-        record["error"] = None
-    record.update(
-        prediction_id=prediction.id,
-        status=prediction.status.value,
-        files=[path.name for path in files],
+async def run_demo(out: Path, interrupt: anyio.Event | None = None) -> int:
+    """Run the demo batch into ``out`` through the batch engine; return its exit code.
+
+    The inputs are written to ``out/inputs.jsonl`` and run exactly as ``batch`` runs a
+    file. A previous demo's journal is removed first: a fresh emulator cannot know the
+    predictions it recorded.
+    """
+    await anyio.Path(out).mkdir(parents=True, exist_ok=True)
+    source = out / "inputs.jsonl"
+    lines = "".join(
+        json.dumps({"model": item.model, "input": input_payload(item)}) + "\n"
+        for item in DEMO_INPUTS
     )
-    return record
-
-
-def _gallery(records: list[dict[str, Any]]) -> str:
-    cards = []
-    for record in records:
-        images = "".join(
-            f'<a href="{html.escape(name)}"><img src="{html.escape(name)}" alt=""></a>'
-            for name in record["files"]
-        )
-        cards.append(
-            f'<figure class="{html.escape(record["status"])}">{images}<figcaption>'
-            f"<b>#{record['index']}</b> {html.escape(str(record['input'].get('prompt', '')))}"
-            f"<br><small>{html.escape(record['model'])} · {html.escape(record['status'])}"
-            "</small></figcaption></figure>"
-        )
-    return (
-        "<!doctype html><meta charset=utf-8><title>quickrouter-async gallery</title>"
-        "<style>body{font-family:system-ui,sans-serif;margin:2em;background:#fafafa}"
-        "main{display:grid;grid-template-columns:repeat(auto-fill,minmax(260px,1fr));gap:1em}"
-        "figure{margin:0;padding:.6em;background:#fff;border-radius:8px;"
-        "box-shadow:0 1px 3px #0002}img{max-width:100%;max-height:220px;display:block;"
-        "margin:0 auto .4em}.failed,.canceled,.aborted{outline:2px solid #c33}</style>"
-        f"<h1>quickrouter-async gallery</h1><p>{len(records)} predictions</p>"
-        f"<main>{''.join(cards)}</main>"
-    )
-
-
-async def run_demo(out: Path) -> int:
-    """Run the demo batch into ``out``; return 0 if every prediction succeeded."""
-    await anyio.to_thread.run_sync(lambda: out.mkdir(parents=True, exist_ok=True))
-    records: list[dict[str, Any]] = []
+    await anyio.Path(source).write_text(lines, encoding="utf-8")
+    for name in (JOURNAL_NAME, f"{JOURNAL_NAME}-wal", f"{JOURNAL_NAME}-shm", RESULTS_NAME):
+        await anyio.Path(out / name).unlink(missing_ok=True)
+    options = BatchOptions(source=source, out=out, concurrency=8, progress=interactive())
     async with (
         Emulator(duration=(0.3, 1.2), seed=7) as emulator,
         qr.QuickRouter(emulator.api_key, base_url=emulator.base_url) as client,
-        anyio.create_task_group() as group,
     ):
-
-        async def collect(index: int, item: qr.Imagen4Input | qr.Seedream4Input) -> None:
-            records.append(await _one(client, index, item, out))
-
-        for index, item in enumerate(DEMO_INPUTS):
-            group.start_soon(collect, index, item)
-    records.sort(key=lambda record: int(record["index"]))
-    lines = "".join(json.dumps(record) + "\n" for record in records)
-    await anyio.Path(out / "results.jsonl").write_text(lines, encoding="utf-8")
-    await anyio.Path(out / "index.html").write_text(_gallery(records), encoding="utf-8")
-    ok = sum(record["error"] is None for record in records)
-    print(  # noqa: T201 (the command's output)
-        f"{ok} of {len(records)} predictions succeeded; gallery: {out / 'index.html'}",
-        file=sys.stdout,
-    )
-    return 0 if ok == len(records) else 1
+        return await run_batch(client, options, interrupt=interrupt)

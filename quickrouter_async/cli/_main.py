@@ -1,22 +1,57 @@
-"""Argument parsing and dispatch of the subcommands."""
+"""Argument parsing and dispatch of the subcommands.
+
+The API key comes only from ``QUICKROUTER_API_KEY`` or ``--api-key-file PATH`` (never a
+flag: command lines end up in shell histories and process lists), and is never printed.
+"""
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 
+from .._errors import InputError
 from .._version import __version__
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Awaitable, Callable, Sequence
+
+    from .._client import QuickRouter
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def _connection(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--api-key-file",
+        type=Path,
+        help="read the API key from this file (default: QUICKROUTER_API_KEY)",
+    )
+    parser.add_argument(
+        "--base-url", help="the API's base URL (default: QUICKROUTER_BASE_URL, else QuickRouter)"
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -26,6 +61,51 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser(
+        "run",
+        help="run one prediction and download its files",
+        description="Run one prediction, download its output files and print their paths.",
+    )
+    run.add_argument("model", help="owner/name, e.g. google/imagen-4")
+    run.add_argument("--prompt", required=True, help="the text prompt")
+    run.add_argument(
+        "--set",
+        dest="settings",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="another input field; VALUE is read as JSON when it parses, else as a string",
+    )
+    run.add_argument("--out", type=Path, default=Path(), help="output folder (default: .)")
+    _connection(run)
+
+    batch = commands.add_parser(
+        "batch",
+        help="run every input of a JSON-lines file, resumably",
+        description="Run one prediction per line of INPUT (a bare input with --model, or "
+        '{"model": ..., "input": {...}}), download the files into --out, and write '
+        "results.jsonl and a gallery index.html there. A journal in --out records every "
+        "step: running the same command again resumes.",
+    )
+    batch.add_argument("source", type=Path, metavar="INPUT.jsonl")
+    batch.add_argument("--out", type=Path, required=True, help="output folder")
+    batch.add_argument("--model", help="model of lines that are bare inputs")
+    batch.add_argument(
+        "--concurrency", type=_positive_int, default=16, help="predictions in flight (16)"
+    )
+    batch.add_argument(
+        "--rate-limit", type=_positive_float, help="creates per second (default: found)"
+    )
+    batch.add_argument(
+        "--resume", action="store_true", help="continue the job in --out (refuse to start anew)"
+    )
+    batch.add_argument(
+        "--detach",
+        action="store_true",
+        help="on Ctrl-C leave predictions running on the server (a resume re-attaches)",
+    )
+    _connection(batch)
 
     demo = commands.add_parser(
         "demo",
@@ -45,14 +125,108 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _api_key(options: argparse.Namespace) -> str:
+    """The API key from ``--api-key-file`` or the environment; '' if none."""
+    if options.api_key_file is None:
+        return os.environ.get("QUICKROUTER_API_KEY", "").strip()
+    try:
+        return Path(options.api_key_file).read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        message = f"cannot read --api-key-file {options.api_key_file}: {exc.strerror}"
+        raise InputError(message) from None
+
+
+def _api_key_or_fail(options: argparse.Namespace) -> str:
+    key = _api_key(options)
+    if not key:
+        raise InputError("no API key: set QUICKROUTER_API_KEY or pass --api-key-file PATH")
+    return key
+
+
+def _client(options: argparse.Namespace, key: str, **settings: Any) -> QuickRouter:
+    from .._client import QuickRouter  # noqa: PLC0415 (keeps --help fast)
+
+    return QuickRouter(key, base_url=options.base_url, **settings)
+
+
+async def _until_interrupted(work: Callable[[anyio.Event], Awaitable[int]]) -> int:
+    """Run ``work``, handing it an event set by SIGINT (Ctrl-C) instead of raising."""
+    interrupt = anyio.Event()
+    async with anyio.create_task_group() as group:
+
+        async def listen() -> None:
+            with anyio.open_signal_receiver(signal.SIGINT) as signals:
+                async for _ in signals:
+                    interrupt.set()
+
+        group.start_soon(listen)
+        code = await work(interrupt)
+        group.cancel_scope.cancel()
+    return code
+
+
+def _run(options: argparse.Namespace) -> int:
+    from ._run import build_input, run_one  # noqa: PLC0415
+
+    payload = build_input(options.model, options.prompt, options.settings)
+    key = _api_key_or_fail(options)
+
+    async def work(interrupt: anyio.Event) -> int:
+        async with _client(options, key) as client, anyio.create_task_group() as group:
+            code = EXIT_INTERRUPTED
+
+            async def go() -> None:
+                nonlocal code
+                code = await run_one(client, options.model, payload, options.out)
+                group.cancel_scope.cancel()
+
+            group.start_soon(go)
+            await interrupt.wait()
+            group.cancel_scope.cancel()  # run() cancels its prediction on the server
+        return code
+
+    return anyio.run(_until_interrupted, work)
+
+
+def _batch(options: argparse.Namespace) -> int:
+    from ._batch import BatchOptions, run_batch  # noqa: PLC0415
+    from ._progress import interactive  # noqa: PLC0415
+
+    key = _api_key_or_fail(options)
+    batch = BatchOptions(
+        source=options.source,
+        out=options.out,
+        model=options.model,
+        concurrency=options.concurrency,
+        resume=options.resume,
+        detach=options.detach,
+        progress=interactive(),
+    )
+
+    async def work(interrupt: anyio.Event) -> int:
+        settings = {"max_concurrency": options.concurrency, "rate_limit": options.rate_limit}
+        async with _client(options, key, **settings) as client:
+            return await run_batch(client, batch, interrupt=interrupt)
+
+    return anyio.run(_until_interrupted, work)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; return the exit code (0 ok, 1 some failed, 2 usage)."""
+    """Run the command line; return the exit code (0 ok, 1 some failed, 2 usage, 130 Ctrl-C)."""
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments[:1] == ["emulator"]:
         from ..testing._cli import main as emulator_main  # noqa: PLC0415 (optional extra)
 
         return emulator_main(arguments[1:], prog="quickrouter-async emulator")
     options = _parser().parse_args(arguments)
+    try:
+        if options.command == "run":
+            return _run(options)
+        if options.command == "batch":
+            return _batch(options)
+    except InputError as exc:
+        print(f"error: {exc}", file=sys.stderr)  # noqa: T201 (the command's output)
+        return EXIT_USAGE
     from ._demo import run_demo  # noqa: PLC0415 (keeps --help fast)
 
-    return anyio.run(run_demo, options.out)
+    return anyio.run(_until_interrupted, lambda interrupt: run_demo(options.out, interrupt))

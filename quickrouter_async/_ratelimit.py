@@ -24,6 +24,12 @@ within one episode of throttling never take the rate below a quarter of the best
 the server was measured to accept in it, so 429s that come whatever the pace cannot
 drive it to a standstill.
 
+Until the first 429 the server's own count is used too: an accepted create whose answer
+carries ``ratelimit-remaining`` (Replicate sends it on every answer) lets that many
+creates, less those still awaiting their answers, through at once. A job's first wave then goes
+out together as soon as the server has said it can take it, instead of being spread over
+the slow start.
+
 Callers that queue are served first come first served by one of them, the pump, which
 sleeps until the bucket holds a create and then lets through every waiter the bucket
 covers at once: one wake of the event loop per tick, not one per create.
@@ -72,6 +78,8 @@ _EPISODE_FLOOR: Final = 0.25
 _TICK: Final = 0.005
 # Waits shorter than this are rounding errors of the clock arithmetic, not waits.
 _EPSILON: Final = 1e-6
+# The most creates one ``ratelimit-remaining`` header lets through at once.
+_HEADER_ALLOWANCE_MAX: Final = 1000.0
 
 
 class _Ticket:
@@ -125,9 +133,13 @@ class RateLimiter:
         self._resume_at = -float("inf")
         self._queue: collections.deque[_Ticket] = collections.deque()
         self._pumping = False
+        # The pump's sleep, cut short when the server's count lets callers through.
+        self._nap: anyio.CancelScope | None = None
         self.granted = 0
         self.throttled = 0
         self.accepted = 0
+        # Creates granted whose answer has not come back (nor ever will).
+        self._outstanding = 0
         self._grants: collections.deque[float] = collections.deque(maxlen=_HISTORY)
         self._throttles: collections.deque[float] = collections.deque(maxlen=_HISTORY)
         self._last_event: float | None = None
@@ -153,7 +165,8 @@ class RateLimiter:
 
     def _refill(self, now: float) -> None:
         if now > self._stamp:
-            self._tokens = min(self._capacity, self._tokens + (now - self._stamp) * self._rate)
+            if self._tokens < self._capacity:  # an allowance above it is kept, not cut
+                self._tokens = min(self._capacity, self._tokens + (now - self._stamp) * self._rate)
             self._stamp = now
 
     def _delay(self, now: float) -> float:
@@ -166,6 +179,7 @@ class RateLimiter:
     def _grant(self, now: float, *, queued: bool) -> None:
         self._tokens -= 1.0
         self.granted += 1
+        self._outstanding += 1
         self._grants.append(now)
         if not queued or self.fixed:
             return
@@ -200,6 +214,7 @@ class RateLimiter:
             if ticket.granted:  # granted, then cancelled before it could send: give it back
                 self._tokens += 1.0
                 self.granted -= 1
+                self._outstanding -= 1
             else:
                 self._queue.remove(ticket)
             raise
@@ -213,18 +228,53 @@ class RateLimiter:
             delay = self._delay(now := self._clock())
             if delay > 0:
                 # Not shorter than a tick: at high rates a wake lets several through.
-                await self._sleep(max(delay, _TICK))
+                with anyio.CancelScope() as self._nap:
+                    await self._sleep(max(delay, _TICK))
+                self._nap = None
                 continue
-            queue = self._queue
-            while queue and self._delay(now) <= 0:
-                waiter = queue.popleft()
-                waiter.granted = True
-                self._grant(now, queued=True)
-                waiter.event.set()
+            self._release(now)
 
-    def on_accepted(self) -> None:
-        """A create was not throttled."""
+    def _release(self, now: float) -> None:
+        """Grant queued callers, in order, as far as the bucket covers them."""
+        queue = self._queue
+        while queue and self._delay(now) <= 0:
+            waiter = queue.popleft()
+            waiter.granted = True
+            self._grant(now, queued=True)
+            waiter.event.set()
+
+    def _answered(self) -> None:
+        self._outstanding = max(0, self._outstanding - 1)
+
+    def on_accepted(self, remaining: float | None = None) -> None:
+        """A create was not throttled.
+
+        Args:
+            remaining: the answer's ``ratelimit-remaining``, creates the server's bucket
+                still holds. In slow start (adaptive, and no 429 seen yet), that many
+                creates, less those granted and not yet answered, may go at once (queued
+                callers are let through now).
+        """
         self.accepted += 1
+        self._answered()
+        if remaining is None or self.fixed or self._last_event is not None:
+            return
+        if not remaining >= 1:
+            return
+        allowance = min(remaining, _HEADER_ALLOWANCE_MAX) - self._outstanding
+        now = self._clock()
+        self._refill(now)
+        if allowance > self._tokens:
+            self._tokens = allowance
+            self._release(now)
+            if self._nap is not None:
+                self._nap.cancel()  # the pump may have been let through too
+
+    def on_unanswered(self) -> None:
+        """A create got no answer (no connection, a timeout, cancelled): the server's
+        count of it is unknown, and it no longer holds back a header's allowance.
+        """
+        self._answered()
 
     def on_throttled(self, retry_after: float | None, *, bucket_empty: bool = True) -> None:
         """A create was answered 429: pause as asked and, if adaptive, slow down.
@@ -236,6 +286,7 @@ class RateLimiter:
                 nothing pauses and the rate stands (the create itself waits and retries).
         """
         self.throttled += 1
+        self._answered()
         now = self._clock()
         self._throttles.append(now)
         if not bucket_empty:

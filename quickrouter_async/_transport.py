@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Final, Protocol
@@ -80,8 +81,13 @@ class CreateLimiter(Protocol):
     def on_throttled(self, retry_after: float | None, *, bucket_empty: bool = True) -> None:
         """A create was answered 429 (``bucket_empty``: not a ``ratelimit-remaining`` above 0)."""
 
-    def on_accepted(self) -> None:
-        """A create was answered with anything but 429."""
+    def on_accepted(self, remaining: float | None = None) -> None:
+        """A create was answered with anything but 429 (``remaining``: the answer's
+        ``ratelimit-remaining``, if it had a number).
+        """
+
+    def on_unanswered(self) -> None:
+        """A create got no answer."""
 
 
 @attrs.frozen
@@ -330,13 +336,27 @@ class Transport:
     ) -> Response:
         """One HTTP exchange: the answer's status, headers and body, or an error."""
         slots = self._slots
-        # The non-blocking form first: a free slot costs no trip through the event loop.
+        limiter = self.create_limiter if attempt.create else None
         try:
-            slots.acquire_nowait()
-        except anyio.WouldBlock:
-            await slots.acquire()
+            # The non-blocking form first: a free slot costs no trip through the event loop.
+            try:
+                slots.acquire_nowait()
+            except anyio.WouldBlock:
+                await slots.acquire()
+        except BaseException:
+            if limiter is not None:
+                limiter.on_unanswered()
+            raise
         try:
             status, answer_headers, raw = await self._exchange(url, body, headers, attempt)
+        except ProtocolError:
+            if limiter is not None:
+                limiter.on_accepted()  # an answer, if a useless one
+            raise
+        except BaseException:
+            if limiter is not None:
+                limiter.on_unanswered()
+            raise
         finally:
             slots.release()
         if self._api_key is not None:
@@ -352,13 +372,11 @@ class Transport:
                 method=attempt.method,
                 path=attempt.path,
             )
-        if attempt.create and self.create_limiter is not None:
+        if limiter is not None:
             if isinstance(error, RateLimitError):
-                self.create_limiter.on_throttled(
-                    error.retry_after, bucket_empty=bucket_empty(answer_headers)
-                )
+                limiter.on_throttled(error.retry_after, bucket_empty=bucket_empty(answer_headers))
             else:
-                self.create_limiter.on_accepted()
+                limiter.on_accepted(remaining_creates(answer_headers))
         if error is not None:
             raise error
         if status < 200 or status >= 300:
@@ -388,8 +406,6 @@ class Transport:
         except ProtocolError:
             attempt.garbled = True
             self._log(attempt, "too large")
-            if attempt.create and self.create_limiter is not None:
-                self.create_limiter.on_accepted()  # an answer, if a useless one
             raise
         except aiohttp.ConnectionTimeoutError as exc:
             # Timed out while opening the connection: nothing was sent.
@@ -455,17 +471,24 @@ class Transport:
             )
 
 
+def remaining_creates(headers: Mapping[str, str]) -> float | None:
+    """The answer's ``ratelimit-remaining`` as a number, or None (absent or not a number)."""
+    value = header(headers, "ratelimit-remaining")
+    if value is None:
+        return None
+    try:
+        remaining = float(value)
+    except ValueError:
+        return None
+    return remaining if math.isfinite(remaining) else None
+
+
 def bucket_empty(headers: Mapping[str, str]) -> bool:
     """Whether a 429 may mean the create budget is spent: not when the answer's
     ``ratelimit-remaining`` says creates remain (the refusal had another cause).
     """
-    remaining = header(headers, "ratelimit-remaining")
-    if remaining is None:
-        return True
-    try:
-        return float(remaining) < 1
-    except ValueError:
-        return True
+    remaining = remaining_creates(headers)
+    return remaining is None or remaining < 1
 
 
 def create_in_doubt(exc: BaseException) -> bool:

@@ -92,6 +92,106 @@ async def test_a_fixed_rate_spaces_creates_evenly(clock: FakeClock) -> None:
     assert "fixed" in repr(limiter)
 
 
+class StoppedClock(FakeClock):
+    """A clock whose sleeps never end: only something other than time lets callers on."""
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        await anyio.sleep_forever()
+
+
+@pytest.fixture
+def stopped() -> StoppedClock:
+    return StoppedClock()
+
+
+async def queue_callers(
+    limiter: RateLimiter, count: int, granted: list[int]
+) -> anyio.abc.TaskGroup:
+    """Start ``count`` callers of ``acquire``; each appends its number once let through."""
+
+    async def caller(number: int) -> None:
+        await limiter.acquire()
+        granted.append(number)
+
+    group = anyio.create_task_group()
+    await group.__aenter__()
+    for number in range(count):
+        group.start_soon(caller, number)
+    await anyio.wait_all_tasks_blocked()
+    return group
+
+
+async def test_the_servers_remaining_creates_let_a_queue_through_at_once(
+    stopped: StoppedClock,
+) -> None:
+    limiter = RateLimiter(clock=stopped, sleep=stopped.sleep)
+    for _ in range(int(INITIAL_BURST)):
+        await limiter.acquire()  # the first burst, sent and not yet answered
+    granted: list[int] = []
+    group = await queue_callers(limiter, 30, granted)
+    start = stopped.now
+    # One answer says 25 creates remain: the other 9 of the burst are still out.
+    limiter.on_accepted(remaining=25)
+    await anyio.wait_all_tasks_blocked()
+    assert sorted(granted) == list(range(16)), "25 remaining less 9 awaiting answers: the first 16"
+    assert stopped.now == start, "let through without waiting for the clock"
+    group.cancel_scope.cancel()
+    await group.__aexit__(None, None, None)
+
+
+@pytest.mark.parametrize("remaining", [None, 0, 0.5, float("nan")])
+async def test_no_number_of_remaining_creates_lets_nothing_more_through(
+    stopped: StoppedClock, remaining: float | None
+) -> None:
+    limiter = RateLimiter(clock=stopped, sleep=stopped.sleep)
+    for _ in range(int(INITIAL_BURST)):
+        await limiter.acquire()
+    granted: list[int] = []
+    group = await queue_callers(limiter, 5, granted)
+    limiter.on_accepted(remaining=remaining)
+    await anyio.wait_all_tasks_blocked()
+    assert granted == []
+    group.cancel_scope.cancel()
+    await group.__aexit__(None, None, None)
+
+
+async def test_remaining_creates_are_ignored_after_a_429_and_at_a_fixed_rate(
+    clock: FakeClock,
+) -> None:
+    fixed = RateLimiter(1.0, clock=clock, sleep=clock.sleep)
+    await fixed.acquire()
+    fixed.on_accepted(remaining=500)
+    await fixed.acquire()
+    assert clock.now - 1000.0 == pytest.approx(1.0), "the fixed pace holds"
+    adaptive = RateLimiter(clock=clock, sleep=clock.sleep)
+    await adaptive.acquire()
+    adaptive.on_throttled(1.0)
+    await adaptive.acquire()  # after the pause
+    before = clock.now
+    adaptive.on_accepted(remaining=500)
+    await adaptive.acquire()
+    await adaptive.acquire()
+    assert clock.now > before, "paced by the measured rate, not the header"
+
+
+async def test_creates_that_got_no_answer_stop_holding_back_the_allowance(
+    stopped: StoppedClock,
+) -> None:
+    limiter = RateLimiter(clock=stopped, sleep=stopped.sleep)
+    for _ in range(int(INITIAL_BURST)):
+        await limiter.acquire()
+    for _ in range(int(INITIAL_BURST) - 1):
+        limiter.on_unanswered()
+    granted: list[int] = []
+    group = await queue_callers(limiter, 10, granted)
+    limiter.on_accepted(remaining=5)
+    await anyio.wait_all_tasks_blocked()
+    assert sorted(granted) == list(range(5)), "nothing is awaiting an answer any more"
+    group.cancel_scope.cancel()
+    await group.__aexit__(None, None, None)
+
+
 async def test_a_fixed_rate_pauses_on_429_but_keeps_its_rate(clock: FakeClock) -> None:
     limiter = RateLimiter(5.0, max_pause=2.0, clock=clock, sleep=clock.sleep)
     await limiter.acquire()

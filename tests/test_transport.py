@@ -54,6 +54,8 @@ class Limiter:
         self.throttled: list[float | None] = []
         self.empty: list[bool] = []
         self.accepted = 0
+        self.remaining: list[float | None] = []
+        self.unanswered = 0
 
     async def acquire(self) -> None:
         self.acquired += 1
@@ -62,8 +64,12 @@ class Limiter:
         self.throttled.append(retry_after)
         self.empty.append(bucket_empty)
 
-    def on_accepted(self) -> None:
+    def on_accepted(self, remaining: float | None = None) -> None:
         self.accepted += 1
+        self.remaining.append(remaining)
+
+    def on_unanswered(self) -> None:
+        self.unanswered += 1
 
 
 @pytest.fixture
@@ -297,6 +303,34 @@ async def test_a_huge_answer_to_a_create_is_not_asked_again(
     assert create_in_doubt(caught.value)
     assert server.count("POST") == 1
     assert (limiter.throttled, limiter.accepted) == ([], 1)
+
+
+async def test_the_limiter_hears_the_creates_left_in_the_servers_bucket(
+    server: Scripted, client: qr.QuickRouter
+) -> None:
+    limiter = Limiter()
+    client._transport.create_limiter = limiter
+    server.queue(
+        "POST",
+        MODEL_PATH,
+        reply(201, prediction_json("p1"), headers={"ratelimit-remaining": "42"}),
+        reply(201, prediction_json("p2"), headers={"ratelimit-remaining": "soon"}),
+        reply(201, prediction_json("p3"), headers={"ratelimit-remaining": "inf"}),
+        reply(201, prediction_json("p4")),
+    )
+    for _ in range(4):
+        await client.create("google/imagen-4", {"prompt": "x"})
+    assert limiter.remaining == [42.0, None, None, None]
+
+
+async def test_a_create_without_an_answer_is_reported_unanswered(sleeps: Sleeps) -> None:
+    async with make_client(f"http://127.0.0.1:{free_port()}", sleeps) as client:
+        limiter = Limiter()
+        client._transport.create_limiter = limiter
+        with pytest.raises(qr.TransportError):
+            await client.create("google/imagen-4", {"prompt": "x"})
+    assert limiter.acquired == RETRY.attempts
+    assert (limiter.accepted, limiter.unanswered) == (0, RETRY.attempts)
 
 
 async def test_refused_connections_are_retried_even_for_creates(sleeps: Sleeps) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import datetime
 import io
+import logging
 import sys
 import time
 from typing import Any
@@ -647,3 +648,25 @@ def test_record_types_are_exported() -> None:
         had_authorization=False,
     )
     assert record.status == 200
+
+
+async def test_a_client_that_dies_mid_request_is_not_an_emulator_failure(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with serve() as api:
+        url = api.emulator.base_url.removeprefix("http://")
+        host, _, rest = url.partition(":")
+        port, _, prefix = rest.partition("/")
+        head = (
+            f"POST /{prefix}/v1/models/google/imagen-4/predictions HTTP/1.1\r\n"
+            f"Host: {host}\r\nAuthorization: Bearer {api.emulator.api_key}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+        )
+        with caplog.at_level(logging.DEBUG, "quickrouter_async.testing"):
+            stream = await anyio.connect_tcp(host, int(port))
+            await stream.send(head.encode() + b'{"input": {"pro')  # 15 of the 100 bytes
+            await stream.aclose()  # and the client is gone
+            await eventually(lambda: "the client left" in caplog.text)
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+        assert len(api.emulator.predictions) == 0
+        assert not [r for r in api.emulator.requests if r.kind == "create"], "never arrived whole"

@@ -72,6 +72,10 @@ def build_app(emulator: Emulator, runtime: Runtime) -> web.Application:
     return app
 
 
+class _ClientLeft(Exception):
+    """The client disconnected before its request could be read."""
+
+
 def _middleware(emulator: Emulator, runtime: Runtime) -> Any:
     @web.middleware
     async def middleware(
@@ -92,6 +96,8 @@ def _middleware(emulator: Emulator, runtime: Runtime) -> Any:
             else:
                 response = problem(401, *_UNAUTHENTICATED)
             status = response.status
+        except _ClientLeft:
+            return web.Response()  # never sent, and not recorded: it never fully arrived
         except _faults.DroppedError:
             # The transport is gone only if the client left first: nothing to drop then.
             if request.transport is not None:  # pragma: no branch
@@ -147,6 +153,11 @@ async def _answer(
         response = await handler(request)
     except _faults.DroppedError:
         raise
+    except ConnectionError as exc:
+        # The client went away while its request was read (killed, or gave up): no one
+        # to answer, and not the emulator's failure.
+        logger.debug("the client left during %s %s", request.method, request.path)
+        raise _ClientLeft from exc
     except web.HTTPException as exc:
         # The router's own answers (no such route, wrong method) become problem+json.
         title, detail = _ROUTER_ERRORS.get(exc.status, (exc.reason, exc.reason))

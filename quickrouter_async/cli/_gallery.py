@@ -28,7 +28,10 @@ _STYLE: Final = (
     "body{font-family:system-ui,sans-serif;margin:2em;background:#fafafa}"
     "main{display:grid;grid-template-columns:repeat(auto-fill,minmax(260px,1fr));gap:1em}"
     "figure{margin:0;padding:.6em;background:#fff;border-radius:8px;box-shadow:0 1px 3px #0002}"
-    "img{max-width:100%;max-height:220px;display:block;margin:0 auto .4em}"
+    ".images{display:flex;gap:4px;justify-content:center;align-items:center;"
+    "height:220px;margin-bottom:.4em}"
+    ".images a{flex:1 1 0;min-width:0;height:100%;display:flex;align-items:center}"
+    "img{max-width:100%;max-height:100%;display:block;margin:0 auto}"
     ".failed,.canceled,.aborted,.pending,.submitting,.submitted,.terminal"
     "{outline:2px solid #c33}"
 )
@@ -68,7 +71,7 @@ def _card(entry: Entry) -> str:
     prompt = str(entry.input.get("prompt", ""))
     error = f"<br><small>{html.escape(entry.error)}</small>" if entry.error else ""
     return (
-        f'<figure class="{html.escape(status)}">{images}<figcaption>'
+        f'<figure class="{html.escape(status)}"><div class="images">{images}</div><figcaption>'
         f"<b>#{entry.index}</b> {html.escape(prompt)}<br><small>{html.escape(entry.model)} · "
         f"{html.escape(status)}</small>{error}</figcaption></figure>\n"
     )

@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import resource
+import signal
 import subprocess
 import sys
 from collections import Counter
@@ -44,6 +45,52 @@ def raise_open_files_limit(wanted: int = 65536) -> int:
     if soft < target:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
     return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+class EmulatorCommand:
+    """``python -m quickrouter_async.testing --port 0 FLAGS`` in a child process.
+
+    Started and stopped as a context manager (stopped with SIGINT, killed if it lingers);
+    ``base_url`` is the address it printed.
+    """
+
+    def __init__(self, *flags: str) -> None:
+        self.flags = flags
+        self.base_url = ""
+        self._process: subprocess.Popen[str] | None = None
+
+    def __enter__(self) -> Self:
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "quickrouter_async.testing", "--port", "0", *self.flags],
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *sys.path[1:]])},
+        )
+        for line in self._process.stdout or ():
+            if line.startswith("QUICKROUTER_BASE_URL="):
+                self.base_url = line.strip().split("=", 1)[1]
+                return self
+        self.__exit__(None, None, None)
+        raise RuntimeError("the emulator did not start")
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        if process.stdout is not None:
+            process.stdout.close()
 
 
 class EmulatorProcess:

@@ -22,79 +22,25 @@ finish: the schedule had nothing to learn from yet.
 from __future__ import annotations
 
 import argparse
-import os
-import signal
 import statistics
-import subprocess
-import sys
 import time
 from collections import Counter
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import anyio
 import quickrouter_async as qr
 
-from _common import ROOT, machine, markdown_table, write_json
+from _common import ROOT, EmulatorCommand, machine, markdown_table, write_json
 
 if TYPE_CHECKING:
-    from types import SimpleNamespace, TracebackType
+    from types import SimpleNamespace
 
 MODEL = "google/imagen-4"
 DURATION = (1.5, 4.5)
 FIXED_INTERVAL = 0.5
 API_KEY = "bench-key"
 RESULTS = ROOT / "benchmarks" / "results" / "polling.json"
-
-
-class EmulatorServer:
-    """``python -m quickrouter_async.testing`` in a child process, stopped with SIGTERM."""
-
-    def __init__(self, *arguments: str) -> None:
-        self.arguments = arguments
-        self.base_url = ""
-        self._process: subprocess.Popen[str] | None = None
-
-    def __enter__(self) -> Self:
-        self._process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "quickrouter_async.testing",
-                "--port",
-                "0",
-                "--api-key",
-                API_KEY,
-                *self.arguments,
-            ],
-            stdout=subprocess.PIPE,
-            text=True,
-            env={**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *sys.path[1:]])},
-        )
-        for line in self._process.stdout or ():
-            if line.startswith("QUICKROUTER_BASE_URL="):
-                self.base_url = line.strip().split("=", 1)[1]
-                return self
-        self.__exit__(None, None, None)
-        raise RuntimeError("the emulator did not start")
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        process, self._process = self._process, None
-        if process is None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        if process.stdout is not None:
-            process.stdout.close()
 
 
 class RequestCounter:
@@ -233,11 +179,13 @@ def main() -> None:
         )
 
     polled = []
-    with EmulatorServer("--duration", duration, "--no-prefer-wait") as server:
+    with EmulatorCommand(
+        "--api-key", API_KEY, "--duration", duration, "--no-prefer-wait"
+    ) as server:
         for _ in range(options.repeat):
             for name, policy in contenders.items():
                 polled.append(summarize(name, measure(server.base_url, policy)))
-    with EmulatorServer("--duration", duration) as server:
+    with EmulatorCommand("--api-key", API_KEY, "--duration", duration) as server:
         sync = summarize("default PollPolicy", measure(server.base_url, qr.PollPolicy()))
 
     if options.repeat > 1:

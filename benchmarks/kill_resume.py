@@ -27,56 +27,17 @@ import time
 import urllib.request
 from collections import Counter
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Self
+from typing import Any
 
-if TYPE_CHECKING:
-    from types import TracebackType
+from _common import EmulatorCommand
 
 ROOT = Path(__file__).resolve().parents[1]
 API_KEY = "kill-resume-key"
 MODEL = "google/imagen-4"
 
 
-class Emulator:
-    """``python -m quickrouter_async.testing`` in a child process."""
-
-    def __init__(self, *flags: str) -> None:
-        self.flags = flags
-        self.base_url = ""
-        self._process: subprocess.Popen[str] | None = None
-
-    def __enter__(self) -> Self:
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "quickrouter_async.testing", "--port", "0", *self.flags],
-            stdout=subprocess.PIPE,
-            text=True,
-            cwd=ROOT,
-        )
-        stdout: IO[str] | None = self._process.stdout
-        assert stdout is not None  # noqa: S101
-        line = stdout.readline().strip()
-        if not line.startswith("QUICKROUTER_BASE_URL="):
-            self.__exit__(None, None, None)
-            raise RuntimeError(f"the emulator did not start: {line!r}")
-        self.base_url = line.split("=", 1)[1]
-        stdout.readline()  # the API key line
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        if self._process is not None:
-            self._process.send_signal(signal.SIGINT)
-            try:
-                self._process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
-            if self._process.stdout is not None:
-                self._process.stdout.close()
+class Emulator(EmulatorCommand):
+    """The emulator in its own process, and what it holds."""
 
     def predictions(self) -> list[dict[str, Any]]:
         """Every prediction the emulator holds, following the cursor pages."""

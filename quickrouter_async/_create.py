@@ -41,12 +41,21 @@ if TYPE_CHECKING:
     from ._models import Prediction
     from ._transport import Transport
 
-__all__ = ["CreateRequest", "build_create", "is_claimed", "matches_request", "send_create"]
+__all__ = [
+    "CLOCK_SKEW",
+    "CreateRequest",
+    "build_create",
+    "input_key",
+    "is_claimed",
+    "matches_request",
+    "send_create",
+]
 
 logger = logging.getLogger(__name__)
 
-# Without a Date header the local clock may be this far off the server's.
-_CLOCK_SKEW: Final = dt.timedelta(seconds=120)
+# Without a Date header the local clock may be this far off the server's: a prediction
+# stamped this much before its create was sent may still be the one it made.
+CLOCK_SKEW: Final = dt.timedelta(seconds=120)
 # With one: its whole-second resolution, the network's delay and a clock per server.
 _DATE_MARGIN: Final = dt.timedelta(seconds=10)
 _LOOKUP_PAGES: Final = 10
@@ -78,7 +87,14 @@ class CreateRequest:
         """Model (version aside) and input as one string: equal for two submissions
         that one lookup could take for each other.
         """
-        return self.model.partition(":")[0] + "\n" + json.dumps(self.input, sort_keys=True)
+        return input_key(self.model, self.input)
+
+
+def input_key(model: str | None, payload: object) -> str:
+    """Model (version aside) and input as one string: equal for a create and the
+    prediction it made (``model`` None for a prediction that does not name it).
+    """
+    return (model or "").partition(":")[0] + "\n" + json.dumps(payload, sort_keys=True)
 
 
 def _sync_wait(wait: bool | float | None) -> int | None:  # noqa: FBT001 (mirrors create(wait=))
@@ -197,7 +213,7 @@ def matches_request(prediction: Prediction, request: CreateRequest) -> bool:
 
 def _matches(prediction: Prediction, request: CreateRequest, since: dt.datetime) -> bool:
     """`matches_request`, and created no earlier than ``since`` less the clock allowance."""
-    if prediction.created_at is not None and prediction.created_at < since - _CLOCK_SKEW:
+    if prediction.created_at is not None and prediction.created_at < since - CLOCK_SKEW:
         return False
     return matches_request(prediction, request)
 
@@ -296,7 +312,7 @@ def is_claimed(transport: Transport, prediction_id: str) -> bool:
 def _window_start(transport: Transport, sent_at: float) -> dt.datetime:
     """The earliest server time the prediction of a create sent at ``sent_at`` may carry."""
     if transport.clock_offset is None:
-        return dt.datetime.fromtimestamp(sent_at, dt.UTC) - _CLOCK_SKEW
+        return dt.datetime.fromtimestamp(sent_at, dt.UTC) - CLOCK_SKEW
     server = sent_at + transport.clock_offset
     return dt.datetime.fromtimestamp(server, dt.UTC) - _DATE_MARGIN
 

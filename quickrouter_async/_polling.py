@@ -29,7 +29,7 @@ from urllib.parse import urlencode
 import anyio
 import attrs
 
-from ._create import CreateRequest, _matches, is_claimed, send_create
+from ._create import CLOCK_SKEW, CreateRequest, _matches, is_claimed, send_create
 from ._errors import PredictionCanceled, PredictionFailed, QuickRouterError, WaitTimeout
 from ._models import Prediction, Status
 from ._schedule import Schedule
@@ -81,8 +81,6 @@ _FINAL_MARGIN: Final = 0.05
 _LOOKUPS: Final = 2
 _LOOKUP_PAUSE: Final = 0.5
 _LOOKUP_PAGES: Final = 3
-# Server clocks differ: a prediction stamped a little before the create was sent may be it.
-_CLOCK_SKEW: Final = dt.timedelta(seconds=120)
 
 
 def retry_after(headers: Mapping[str, str]) -> float | None:
@@ -218,7 +216,7 @@ async def _find_abandoned(
     transport: Transport, request: CreateRequest, since: dt.datetime, taken: set[str]
 ) -> Prediction | None:
     """The running prediction an abandoned create made, from the newest predictions."""
-    query = urlencode({"created_after": (since - _CLOCK_SKEW).isoformat()})
+    query = urlencode({"created_after": (since - CLOCK_SKEW).isoformat()})
     url = transport.url(f"/v1/predictions?{query}")
     for _ in range(_LOOKUP_PAGES):
         page = parse_page((await transport.request("GET", url)).data)

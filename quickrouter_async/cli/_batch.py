@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 import attrs
 
+from .._create import CLOCK_SKEW, input_key
 from .._errors import APIError, QuickRouterError
 from .._journal import JOURNAL_NAME, Entry, Journal, JournalMismatch
 from .._polling import cancel_quietly
@@ -42,8 +43,6 @@ EXIT_INTERRUPTED: Final = 130
 # A create is shielded from Ctrl-C for at most this long, so its prediction can be
 # recorded (and canceled) instead of left running unknown.
 _CREATE_GRACE: Final = 30.0
-# Server clocks differ: a prediction stamped this much before its create may be ours.
-_CLOCK_SKEW: Final = dt.timedelta(seconds=120)
 _UNFINISHED: Final = ("pending", "submitting", "submitted", "terminal")
 # Answers to a create that say the input or model is wrong: final, a re-run won't help.
 # Other error answers (401/402/403: the account; 429, 5xx: passing) leave it pending.
@@ -77,10 +76,6 @@ def _timings(prediction: Prediction) -> dict[str, Any]:
         "completed_at": _when(prediction.completed_at),
         "seconds": seconds,
     }
-
-
-def _key(model: str | None, payload: object) -> str:
-    return f"{(model or '').partition(':')[0]}\n{json.dumps(payload, sort_keys=True)}"
 
 
 class Batch:
@@ -134,13 +129,13 @@ class Batch:
         after = -1
         while page := await self.journal.page(after=after, states=("submitting",)):
             for entry in page:
-                doubts.setdefault(_key(entry.model, entry.input), []).append(entry)
+                doubts.setdefault(input_key(entry.model, entry.input), []).append(entry)
                 sent = entry.sent_at or 0.0
                 earliest = sent if earliest is None else min(earliest, sent)
             after = page[-1].index
         if earliest is None:
             return
-        since = dt.datetime.fromtimestamp(earliest, dt.UTC) - _CLOCK_SKEW
+        since = dt.datetime.fromtimestamp(earliest, dt.UTC) - CLOCK_SKEW
         try:
             await self._match(doubts, since)
         except QuickRouterError as exc:
@@ -157,12 +152,13 @@ class Batch:
         async for prediction in self.client.list_predictions(created_after=since):
             if prediction.created_at is not None and prediction.created_at < since:
                 break
-            waiting = doubts.get(_key(prediction.model, prediction.input))
+            key = input_key(prediction.model, prediction.input)
+            waiting = doubts.get(key)
             if prediction.id in taken or not waiting:
                 continue
             entry = waiting.pop(0)
             if not waiting:
-                del doubts[_key(prediction.model, prediction.input)]
+                del doubts[key]
             taken.add(prediction.id)
             await self.journal.update(
                 entry.index, state="submitted", prediction_id=prediction.id, error=None

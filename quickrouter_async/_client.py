@@ -18,7 +18,7 @@ from ._config import (
 )
 from ._create import build_create, send_create
 from ._errors import AuthenticationError, InputError, WaitTimeout
-from ._fanout import Inputs, InputT, ProgressCallback, RunMany, concurrency_of
+from ._fanout import Inputs, InputT, ProgressCallback, RunMany, check_inputs, concurrency_of
 from ._files import DEFAULT_MAX_BYTES, download_outputs, prediction_of
 from ._models import Outcome, Prediction
 from ._polling import Push, Schedule, cancel_quietly, raise_for_outcome, wait_for, watch
@@ -364,19 +364,23 @@ class QuickRouter:
                 finishes (also readable as the result's ``progress``).
 
         Raises:
-            InputError: ``concurrency`` or ``timeout`` is invalid.
+            InputError: ``inputs`` is not an iterable, or ``concurrency`` or ``timeout``
+                is invalid.
+            AuthenticationError: the client has no API key.
         """
+        check_inputs(inputs)
         limit = concurrency_of(concurrency, self.max_concurrency)
         seconds = to_seconds(timeout, name="timeout")
+        self._require_key()
         self._transport.ensure_connections(limit + _SPARE_CONNECTIONS)
         return RunMany(
             self,
+            self._transport,
             inputs,
             concurrency=limit,
             ordered=ordered,
             timeout=seconds,
             progress=progress,
-            limiter=self._transport.create_limiter,
         )
 
     # -- outputs -----------------------------------------------------------------------

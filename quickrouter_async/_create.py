@@ -20,6 +20,7 @@ the local clock is used with a generous allowance.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import logging
 import math
@@ -68,18 +69,28 @@ _CLAIM_SECONDS: Final = 3600.0
 
 @attrs.frozen(kw_only=True)
 class CreateRequest:
-    """A validated create: where it goes and what it sends."""
+    """A validated create: where it goes and what it sends.
+
+    Attributes:
+        model: ``owner/name`` or ``owner/name:version`` (or a bare version id).
+        path: the API path the create is posted to.
+        input_json: the ``input`` object as sent: JSON, keys sorted, no spaces.
+        body: the whole request body, encoded once.
+        headers: the extra headers (``Prefer``, ``Cancel-After``).
+        sync_wait: the ``Prefer: wait`` seconds, if any.
+    """
 
     model: str
     path: str
-    body: dict[str, Any]
+    input_json: str
+    body: bytes
     headers: dict[str, str]
     sync_wait: int | None
 
-    @property
+    @functools.cached_property
     def input(self) -> dict[str, Any]:
         """The ``input`` object sent (as JSON would give it back)."""
-        payload: dict[str, Any] = self.body["input"]
+        payload: dict[str, Any] = json.loads(self.input_json)
         return payload
 
     @property
@@ -87,14 +98,26 @@ class CreateRequest:
         """Model (version aside) and input as one string: equal for two submissions
         that one lookup could take for each other.
         """
-        return input_key(self.model, self.input)
+        return self.model.partition(":")[0] + "\n" + self.input_json
+
+
+# One encoder each, made once (json.dumps with options makes a new one on every call).
+_SORTED: Final = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+_SORTED_STRICT: Final = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
+
+
+def _encode(payload: object, *, strict: bool = False) -> str:
+    """``payload`` as JSON with its keys sorted: one text for one value."""
+    return (_SORTED_STRICT if strict else _SORTED).encode(payload)
 
 
 def input_key(model: str | None, payload: object) -> str:
     """Model (version aside) and input as one string: equal for a create and the
     prediction it made (``model`` None for a prediction that does not name it).
     """
-    return (model or "").partition(":")[0] + "\n" + json.dumps(payload, sort_keys=True)
+    return (model or "").partition(":")[0] + "\n" + _encode(payload)
 
 
 def _sync_wait(wait: bool | float | None) -> int | None:  # noqa: FBT001 (mirrors create(wait=))
@@ -119,13 +142,28 @@ def _cancel_after(value: float | dt.timedelta | str | None) -> str | None:
     return f"{round(seconds)}s"
 
 
-def _as_json(payload: dict[str, Any]) -> dict[str, Any]:
-    """The input as the server will echo it: JSON types only, checked before sending."""
+def _input_json(payload: dict[str, Any]) -> str:
+    """The input as JSON, checked before sending: JSON types only, no NaN or infinity."""
     try:
-        normal: dict[str, Any] = json.loads(json.dumps(payload, allow_nan=False))
+        try:
+            return _encode(payload, strict=True)
+        except TypeError:
+            # Keys of several types cannot be sorted; as JSON they are all strings.
+            return _encode(json.loads(json.dumps(payload, allow_nan=False)), strict=True)
     except (TypeError, ValueError) as exc:
         raise InputError(f"input is not JSON: {exc}", field="input") from None
-    return normal
+
+
+def _body(input_json: str, fields: dict[str, Any]) -> bytes:
+    """The create's body: the input as already encoded, then the other fields."""
+    parts = ['{"input":', input_json]
+    for name, value in fields.items():
+        parts += [',"', name, '":', json.dumps(value, ensure_ascii=False)]
+    parts.append("}")
+    try:
+        return "".join(parts).encode()
+    except UnicodeEncodeError as exc:  # a lone surrogate in a string
+        raise InputError(f"input is not valid Unicode: {exc.reason}", field="input") from None
 
 
 # Model names already validated (a bulk job names a few models many times over).
@@ -167,17 +205,18 @@ def build_create(
             f"expected a model name or a typed input, not {type(model_or_input).__name__}",
             field="model",
         )
-    body: dict[str, Any] = {"input": _as_json(payload)}
+    input_json = _input_json(payload)
+    fields: dict[str, Any] = {}
     if ":" in model or "/" not in model:
         path = "/v1/predictions"
-        body["version"] = model
+        fields["version"] = model
     else:
         owner, name = model.split("/")
         path = f"/v1/models/{owner}/{name}/predictions"
     if webhook is not None:
         if not webhook.startswith(("https://", "http://")):
             raise InputError("webhook must be an http(s) URL", field="webhook")
-        body["webhook"] = webhook
+        fields["webhook"] = webhook
     if webhook_events_filter is not None:
         allowed = {"start", "output", "logs", "completed"}
         events = list(webhook_events_filter)
@@ -186,14 +225,21 @@ def build_create(
                 f"webhook_events_filter takes some of {sorted(allowed)}, got {events!r}",
                 field="webhook_events_filter",
             )
-        body["webhook_events_filter"] = events
+        fields["webhook_events_filter"] = events
     headers: dict[str, str] = {}
     sync = _sync_wait(wait)
     if sync is not None:
         headers["Prefer"] = f"wait={sync}"
     if (deadline := _cancel_after(cancel_after)) is not None:
         headers["Cancel-After"] = deadline
-    return CreateRequest(model=model, path=path, body=body, headers=headers, sync_wait=sync)
+    return CreateRequest(
+        model=model,
+        path=path,
+        input_json=input_json,
+        body=_body(input_json, fields),
+        headers=headers,
+        sync_wait=sync,
+    )
 
 
 def matches_request(prediction: Prediction, request: CreateRequest) -> bool:
@@ -239,6 +285,13 @@ class _Input:
         if self._gate is None:
             self._gate = anyio.Lock()
         return self._gate
+
+    def begin_nowait(self) -> bool:
+        """Count a create as under way unless a lookup for this input runs (False)."""
+        if self._gate is not None and self._gate.locked():
+            return False
+        self.sending += 1
+        return True
 
     async def begin(self) -> None:
         if self._gate is not None and self._gate.locked():
@@ -411,7 +464,8 @@ async def send_create(
         sent_at = time.time()
         extra = 0.0 if request.sync_wait is None else request.sync_wait + 5.0
         for round_ in range(1, transport.retry.attempts + 1):
-            await entry.begin()
+            if not entry.begin_nowait():
+                await entry.begin()
             try:
                 try:
                     answer = await transport.request(

@@ -21,33 +21,42 @@ import datetime as dt
 import functools
 import logging
 import time
-from collections.abc import AsyncIterable, Callable, Iterable
+from collections.abc import AsyncIterable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Final, Generic, Self, TypeAlias
 
 import anyio
 import attrs
 
-from ._create import build_create
+from ._channel import Channel
+from ._create import CLOCK_SKEW, CreateRequest, build_create, send_create
 from ._errors import InputError, PredictionCanceled, PredictionError, WaitTimeout
 from ._models import InputT, Outcome
 from ._polling import cancel_quietly, raise_for_outcome
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    from collections.abc import AsyncIterator, Iterator
     from types import TracebackType
 
     from ._client import QuickRouter
     from ._models import Prediction
-    from ._transport import CreateLimiter
+    from ._transport import Transport
 
-__all__ = ["InputT", "Inputs", "Progress", "ProgressCallback", "RunMany", "concurrency_of"]
+__all__ = [
+    "InputT",
+    "Inputs",
+    "Progress",
+    "ProgressCallback",
+    "RunMany",
+    "check_inputs",
+    "concurrency_of",
+]
 
 logger = logging.getLogger(__name__)
 
 # How long leaving early may take: every in-flight prediction is canceled on the server.
 SHUTDOWN_GRACE: Final = 10.0
-# Server clocks differ: a prediction stamped a little before the call started may be ours.
-_CLOCK_SKEW: Final = dt.timedelta(seconds=120)
+# What `_Run._pull` returns in place of an input once the inputs have ended.
+_END: Final = object()
 # Background tasks of run_many calls still going, so none is garbage collected midway.
 _RUNNING: set[asyncio.Task[None]] = set()
 
@@ -106,30 +115,46 @@ class _Run(Generic[InputT]):
     def __init__(
         self,
         client: QuickRouter,
+        transport: Transport,
         inputs: Inputs[InputT],
         *,
         concurrency: int,
         ordered: bool,
         timeout: float | None,
         progress: ProgressCallback | None,
-        limiter: CreateLimiter | None,
     ) -> None:
         self.client = client
-        self.inputs = inputs
+        self.transport = transport
         self.timeout = timeout
         self.callback = progress
-        self.limiter = limiter
-        self.slots = anyio.CapacityLimiter(concurrency)
+        self.limiter = transport.create_limiter
+        # Creates hold the request open as the poll policy says, never past the deadline.
+        sync = client.poll.sync_wait
+        if sync is not None and timeout is not None:
+            sync = max(1.0, min(sync, timeout))
+        self.sync_wait = sync
+        self.concurrency = concurrency
+        # One of the two, by the kind of iterable.
+        self.iterator: Iterator[InputT] | None = None
+        self.async_iterator: AsyncIterator[InputT] | None = None
+        if isinstance(inputs, AsyncIterable):
+            self.async_iterator = inputs.__aiter__()
+        else:
+            self.iterator = iter(inputs)
+        self.pull_lock = asyncio.Lock()
+        self.index = self.workers = self.pulling = 0
+        self.exhausted = False
+        self.group: anyio.abc.TaskGroup
         # Ordered output holds back finished outcomes; this bounds how many.
         self.window = anyio.Semaphore(2 * concurrency) if ordered else None
-        self.send, self.receive = anyio.create_memory_object_stream[Outcome[InputT]](concurrency)
+        self.outcomes: Channel[Outcome[InputT]] = Channel(concurrency)
         self.scope = anyio.CancelScope()
         self.finished = anyio.Event()
         self.error: BaseException | None = None
         self.submitted = self.succeeded = self.failed = self.canceled = 0
         self.started = time.monotonic()
         self.started_at = dt.datetime.now(dt.UTC)
-        self.cut_short: list[tuple[Any, Any]] = []
+        self.cut_short: list[CreateRequest] = []
         self.throttled_before = self._throttled()
 
     def _throttled(self) -> int:
@@ -173,7 +198,8 @@ class _Run(Generic[InputT]):
         try:
             with self.scope:
                 async with anyio.create_task_group() as group:
-                    await self._feed(group)
+                    self.group = group
+                    self._add_worker()
         finally:
             try:
                 if self.cut_short:
@@ -182,44 +208,29 @@ class _Run(Generic[InputT]):
             except Exception as exc:  # noqa: BLE001 (cleanup is best effort; say what failed)
                 logger.warning("run_many: could not look up creates cut short: %s", exc)
             finally:
-                self.send.close()
+                self.outcomes.end()
                 self.finished.set()
 
-    async def _take_slot(self, index: int) -> None:
-        # The non-blocking forms first: a free slot costs no trip through the event loop.
-        try:
-            self.slots.acquire_on_behalf_of_nowait(index)
-        except anyio.WouldBlock:
-            await self.slots.acquire_on_behalf_of(index)
-        if self.window is not None:
-            await self.window.acquire()
+    def _add_worker(self) -> None:
+        self.workers += 1
+        self.pulling += 1  # its first move is to pull
+        self.group.start_soon(self._worker)
 
-    def _give_back(self, index: int) -> None:
-        self.slots.release_on_behalf_of(index)
+    async def _worker(self) -> None:
+        """Pull an input, run it, hand its outcome over; again, until the inputs end.
 
-    async def _feed(self, group: anyio.abc.TaskGroup) -> None:
-        next_item = _puller(self.inputs)
-        index = 0
+        There are never more workers than ``concurrency``, and one more starts only when
+        every other is busy, so an input is pulled only when it can start at once.
+        """
         while True:
-            # Take a slot before pulling, so no input is pulled that cannot start.
-            await self._take_slot(index)
-            try:
-                item = await next_item()
-            except StopAsyncIteration:
-                self._give_back(index)
+            pulled = await self._pull()
+            if pulled is None:
                 return
-            except Exception as exc:  # noqa: BLE001 (raised to the consumer after the rest ends)
-                logger.warning("run_many: the inputs raised %r; finishing those started", exc)
-                self.error = exc
-                self._give_back(index)
-                return
+            index, item = pulled
             self.submitted += 1
-            group.start_soon(self._one, index, item)
+            if self.pulling == 0 and self.workers < self.concurrency:
+                self._add_worker()  # it pulls the next input while this one runs
             self._report()
-            index += 1
-
-    async def _one(self, index: int, item: InputT) -> None:
-        try:
             outcome = await self._outcome(index, item)
             if outcome.ok:
                 self.succeeded += 1
@@ -228,20 +239,78 @@ class _Run(Generic[InputT]):
             else:
                 self.failed += 1
             self._report()
-            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
-                try:
-                    self.send.send_nowait(outcome)
-                except anyio.WouldBlock:
-                    await self.send.send(outcome)
+            if not self.outcomes.put_nowait(outcome):
+                await self.outcomes.put(outcome)
+            self.pulling += 1
+
+    async def _pull(self) -> tuple[int, InputT] | None:
+        """The next input and its index; None once the inputs have ended (or raised)."""
+        try:
+            if self.window is not None:
+                await self.window.acquire()
+            item: Any
+            if self.exhausted:
+                item = _END
+            elif self.iterator is not None:
+                item = self._next_sync(self.iterator)
+            else:
+                async with self.pull_lock:  # an async iterator takes one `__anext__` at a time
+                    item = await self._next_async()
+            if item is _END:
+                if self.window is not None:
+                    self.window.release()
+                return None
+            index = self.index
+            self.index += 1
+            return index, item
         finally:
-            self._give_back(index)
+            self.pulling -= 1
+
+    def _next_sync(self, iterator: Iterator[InputT]) -> Any:
+        try:
+            return next(iterator)
+        except StopIteration:
+            self.exhausted = True
+        except Exception as exc:  # noqa: BLE001 (raised to the consumer after the rest ends)
+            self._inputs_raised(exc)
+        return _END
+
+    async def _next_async(self) -> Any:
+        if self.exhausted or self.async_iterator is None:  # it ended while this one waited
+            return _END
+        try:
+            return await self.async_iterator.__anext__()
+        except StopAsyncIteration:
+            self.exhausted = True
+        except Exception as exc:  # noqa: BLE001 (raised to the consumer after the rest ends)
+            self._inputs_raised(exc)
+        return _END
+
+    def _inputs_raised(self, exc: Exception) -> None:
+        logger.warning("run_many: the inputs raised %r; finishing those started", exc)
+        self.error = exc
+        self.exhausted = True
 
     async def _outcome(self, index: int, item: InputT) -> Outcome[InputT]:
         prediction: Prediction | None = None
         try:
             model_or_input, payload = _arguments(item)
             deadline = None if self.timeout is None else time.monotonic() + self.timeout
-            prediction = await self._create(model_or_input, payload)
+            request = build_create(
+                model_or_input,
+                payload,
+                wait=self.sync_wait,
+                webhook=None,
+                webhook_events_filter=None,
+                cancel_after=None,
+            )
+            try:
+                prediction = await send_create(self.transport, request)
+            except anyio.get_cancelled_exc_class():
+                # It may have made a prediction whose id never came back: it is looked
+                # up and canceled when the work ends.
+                self.cut_short.append(request)
+                raise
             if not prediction.status.terminal:  # sync mode often finished it already
                 remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
                 prediction = await self.client.wait(
@@ -254,36 +323,10 @@ class _Run(Generic[InputT]):
             return Outcome(index, item, prediction, exc)
         return Outcome(index, item, prediction, None)
 
-    async def _create(self, model_or_input: Any, payload: Any) -> Prediction:
-        """Create with ``Prefer: wait`` as the poll policy says, capped by the deadline.
-
-        A create cut short by leaving early may have made a prediction whose id never
-        came back; it is noted, and looked up and canceled when the work ends.
-        """
-        sync = self.client.poll.sync_wait
-        if sync is not None and self.timeout is not None:
-            sync = max(1.0, min(sync, self.timeout))
-        try:
-            return await self.client.create(model_or_input, payload, wait=sync)
-        except anyio.get_cancelled_exc_class():
-            self.cut_short.append((model_or_input, payload))
-            raise
-
     async def _sweep(self) -> None:
         """Cancel what the creates cut short made: recent, running, same model and input."""
-        wanted: list[tuple[str, dict[str, Any]]] = []
-        for model_or_input, payload in self.cut_short:
-            with contextlib.suppress(InputError):
-                request = build_create(
-                    model_or_input,
-                    payload,
-                    wait=None,
-                    webhook=None,
-                    webhook_events_filter=None,
-                    cancel_after=None,
-                )
-                wanted.append((request.model.split(":", 1)[0], request.input))
-        since = self.started_at - _CLOCK_SKEW
+        wanted = [(request.model.split(":", 1)[0], request.input) for request in self.cut_short]
+        since = self.started_at - CLOCK_SKEW
         async with anyio.create_task_group() as group:
             async for prediction in self.client.list_predictions():
                 if prediction.created_at is not None and prediction.created_at < since:
@@ -294,29 +337,6 @@ class _Run(Generic[InputT]):
                     group.start_soon(cancel_quietly, self.client.cancel, prediction.id)
                 if not wanted:
                     break
-
-
-async def _receive(run: _Run[InputT]) -> Outcome[InputT]:
-    """The next outcome, without a trip through the event loop when one is ready."""
-    try:
-        return run.receive.receive_nowait()
-    except anyio.WouldBlock:
-        return await run.receive.receive()
-
-
-def _puller(inputs: Iterable[Any] | AsyncIterable[Any]) -> Callable[[], Any]:
-    """A coroutine function returning the next input, StopAsyncIteration at the end."""
-    if isinstance(inputs, AsyncIterable):
-        return inputs.__aiter__().__anext__
-    iterator: Iterator[Any] = iter(inputs)
-
-    async def pull() -> Any:
-        try:
-            return next(iterator)
-        except StopIteration:
-            raise StopAsyncIteration from None
-
-    return pull
 
 
 class RunMany(Generic[InputT]):
@@ -339,23 +359,23 @@ class RunMany(Generic[InputT]):
     def __init__(
         self,
         client: QuickRouter,
+        transport: Transport,
         inputs: Inputs[InputT],
         *,
         concurrency: int,
         ordered: bool,
         timeout: float | None,
         progress: ProgressCallback | None,
-        limiter: CreateLimiter | None,
     ) -> None:
         self._make_run = functools.partial(
             _Run,
             client,
+            transport,
             inputs,
             concurrency=concurrency,
             ordered=ordered,
             timeout=timeout,
             progress=progress,
-            limiter=limiter,
         )
         self._ordered = ordered
         self._run: _Run[InputT] | None = None
@@ -402,10 +422,12 @@ class RunMany(Generic[InputT]):
         return outcome
 
     async def _next(self, run: _Run[InputT]) -> Outcome[InputT]:
+        outcomes = run.outcomes
         if not self._ordered:
-            return await _receive(run)
+            # One that is ready is taken without a trip through the event loop.
+            return outcomes.pop() if outcomes.ready else await outcomes.get()
         while self._next_index not in self._pending:
-            outcome = await _receive(run)
+            outcome = outcomes.pop() if outcomes.ready else await outcomes.get()
             self._pending[outcome.index] = outcome
         outcome = self._pending.pop(self._next_index)
         self._next_index += 1
@@ -423,7 +445,7 @@ class RunMany(Generic[InputT]):
             run.stop()
             with anyio.CancelScope(shield=True), anyio.move_on_after(SHUTDOWN_GRACE):
                 await run.finished.wait()
-        run.receive.close()
+        run.outcomes.abandon()
 
     async def __aenter__(self) -> Self:
         return self
@@ -443,7 +465,24 @@ class RunMany(Generic[InputT]):
         # Left with a plain `break`: stop the work; the task cancels what it started.
         with contextlib.suppress(RuntimeError):
             run.stop()
-        run.receive.close()
+        run.outcomes.abandon()
+
+
+def check_inputs(inputs: object) -> None:
+    """Check the ``inputs`` argument of `run_many`: an iterable of inputs, not one input."""
+    if isinstance(inputs, str | bytes | Mapping) or not isinstance(
+        inputs, Iterable | AsyncIterable
+    ):
+        raise InputError(
+            "inputs must be an iterable or async iterable of typed inputs or "
+            f"(model, input) pairs, not {type(inputs).__name__}",
+            field="inputs",
+        )
+    if isinstance(inputs, tuple) and len(inputs) == 2 and isinstance(inputs[0], str):
+        raise InputError(
+            "inputs is one (model, input) pair; pass an iterable of them, e.g. [pair]",
+            field="inputs",
+        )
 
 
 def concurrency_of(value: int | None, default: int) -> int:

@@ -299,7 +299,7 @@ def without_frames(exc: BaseException) -> BaseException:
     return exc
 
 
-async def read_body(answer: aiohttp.ClientResponse, where: str) -> bytes:
+async def read_body(answer: aiohttp.ClientResponse, where: object) -> bytes:
     """The whole body of a 2xx answer (at most `MAX_BODY_BYTES`), or the first
     `_ERROR_BODY_BYTES` of any other answer (enough for any message).
 
@@ -325,7 +325,7 @@ async def read_body(answer: aiohttp.ClientResponse, where: str) -> bytes:
     return b"".join(chunks)[:limit]
 
 
-def decode_json(raw: bytes, status: int, where: str) -> Any:
+def decode_json(raw: bytes, status: int, where: object) -> Any:
     """The JSON of a 2xx body (None when empty), or `ProtocolError` quoting its start."""
     if not raw.strip():
         return None

@@ -38,13 +38,14 @@ _STRING_FIELDS: Final = (
     "deployment",
     "webhook",
 )
+_DICT_FIELDS: Final = ("input", "metrics", "urls")
 # The known statuses by value: a dict lookup instead of the enum's call machinery.
 _STATUSES: Final[dict[str, Status]] = {member.value: member for member in Status}
 _KNOWN: Final = frozenset(
-    {"id", "status", "input", "output", "error", "data_removed", "metrics", "urls"}
+    {"id", "status", "output", "error", "data_removed", "webhook_events_filter"}
+    | set(_DICT_FIELDS)
     | set(_DATETIME_FIELDS)
     | set(_STRING_FIELDS)
-    | {"webhook_events_filter"}
 )
 
 
@@ -61,20 +62,6 @@ def parse_timestamp(value: object, *, field: str = "timestamp") -> dt.datetime |
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 
 
-def _optional_str(data: Mapping[str, Any], key: str) -> str | None:
-    value = data.get(key)
-    if value is None or isinstance(value, str):
-        return value
-    raise ProtocolError(f"prediction field {key!r} should be a string, got {value!r:.80}")
-
-
-def _optional_dict(data: Mapping[str, Any], key: str) -> dict[str, Any] | None:
-    value = data.get(key)
-    if value is None or isinstance(value, dict):
-        return value
-    raise ProtocolError(f"prediction field {key!r} should be an object, got {value!r:.80}")
-
-
 def _error_text(value: object) -> str | None:
     # Servers put a string here; some gateways put an object. Keep it readable either way.
     if value is None or isinstance(value, str):
@@ -88,43 +75,46 @@ def _error_text(value: object) -> str | None:
 
 def parse_prediction(data: object) -> Prediction:
     """Turn a decoded JSON body into a `Prediction`, or raise `ProtocolError`."""
-    if not isinstance(data, Mapping):
+    if type(data) is not dict and not isinstance(data, Mapping):
         raise ProtocolError(f"expected a prediction object, got {type(data).__name__}")
-    pid = data.get("id")
-    status = data.get("status")
+    get = data.get
+    pid = get("id")
+    status = get("status")
     if not isinstance(pid, str) or not pid:
         raise ProtocolError("the answer is not a prediction: it has no string 'id'")
     if not isinstance(status, str):
         raise ProtocolError(f"prediction {pid} has no string 'status' (got {status!r:.40})")
-    filters = data.get("webhook_events_filter")
+    filters = get("webhook_events_filter")
     if filters is not None and not (
         isinstance(filters, list) and all(isinstance(f, str) for f in filters)
     ):
         raise ProtocolError("prediction field 'webhook_events_filter' should be a string list")
-    data_removed = data.get("data_removed")
+    data_removed = get("data_removed")
     if data_removed is not None and not isinstance(data_removed, bool):
         raise ProtocolError("prediction field 'data_removed' should be a boolean")
+    fields: dict[str, Any] = {}
+    for key in _STRING_FIELDS:
+        value = get(key)
+        if value is not None and not isinstance(value, str):
+            raise ProtocolError(f"prediction field {key!r} should be a string, got {value!r:.80}")
+        fields[key] = value
+    for key in _DICT_FIELDS:
+        value = get(key)
+        if value is not None and not isinstance(value, dict):
+            raise ProtocolError(f"prediction field {key!r} should be an object, got {value!r:.80}")
+        fields[key] = value
+    for key in _DATETIME_FIELDS:
+        value = get(key)
+        fields[key] = None if value is None else parse_timestamp(value, field=key)
     return Prediction(
         id=pid,
         status=_STATUSES.get(status) or Status(status),
-        input=_optional_dict(data, "input"),
-        output=data.get("output"),
-        error=_error_text(data.get("error")),
+        output=get("output"),
+        error=_error_text(get("error")),
         data_removed=data_removed,
-        metrics=_optional_dict(data, "metrics"),
-        urls=_optional_dict(data, "urls"),
         webhook_events_filter=filters,
         extra={k: v for k, v in data.items() if k not in _KNOWN},
-        model=_optional_str(data, "model"),
-        version=_optional_str(data, "version"),
-        logs=_optional_str(data, "logs"),
-        source=_optional_str(data, "source"),
-        deployment=_optional_str(data, "deployment"),
-        webhook=_optional_str(data, "webhook"),
-        created_at=parse_timestamp(data.get("created_at"), field="created_at"),
-        started_at=parse_timestamp(data.get("started_at"), field="started_at"),
-        completed_at=parse_timestamp(data.get("completed_at"), field="completed_at"),
-        deadline=parse_timestamp(data.get("deadline"), field="deadline"),
+        **fields,
     )
 
 
@@ -169,16 +159,18 @@ def input_payload(value: object) -> dict[str, Any]:
     A typed input's ``model`` attribute names the model and is not sent.
     """
     if isinstance(value, Mapping):
-        payload = dict(value)
-        for key in payload:
+        payload: dict[str, Any] = {}
+        for key, item in value.items():
             if not isinstance(key, str):
                 raise InputError(f"input keys must be strings, got {key!r}", field="input")
-    elif attrs.has(type(value)):
+            if item is not None:
+                payload[key] = item
+        return payload
+    if attrs.has(type(value)):
         payload = converter.unstructure(value)
         payload.pop("model", None)
-    else:
-        raise InputError(
-            f"input must be a typed input or a mapping, not {type(value).__name__}",
-            field="input",
-        )
-    return {key: item for key, item in payload.items() if item is not None}
+        return {key: item for key, item in payload.items() if item is not None}
+    raise InputError(
+        f"input must be a typed input or a mapping, not {type(value).__name__}",
+        field="input",
+    )

@@ -17,17 +17,14 @@ server read it, so it costs a lookup rather than risking a duplicate.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import time
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Final, Protocol
+from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol
 from urllib.parse import urlsplit
 
 import aiohttp
 import anyio
-import attrs
 
 from ._errors import (
     APIError,
@@ -49,9 +46,10 @@ from ._http import (
     redirect_error,
     without_frames,
 )
+from ._slots import Slots
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable
+    from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
     from ._config import RetryPolicy, Timeouts
 
@@ -90,8 +88,7 @@ class CreateLimiter(Protocol):
         """A create got no answer."""
 
 
-@attrs.frozen
-class Response:
+class Response(NamedTuple):
     """A successful answer: status, headers and the decoded JSON body."""
 
     status: int
@@ -99,16 +96,53 @@ class Response:
     data: Any
 
 
-@attrs.define
 class _Attempt:
-    method: str
-    path: str
-    create: bool
-    read_extra: float
-    number: int = 0
-    started: float = 0.0
-    # The last failure was a 2xx whose body could not be read (a GET may ask again).
-    garbled: bool = False
+    """One logical request as it is tried: what it is, and how the last try went.
+
+    Its path (for messages and logs) is worked out only when one is written.
+    """
+
+    __slots__ = (
+        "_path",
+        "_path_of",
+        "create",
+        "garbled",
+        "method",
+        "number",
+        "read_extra",
+        "started",
+        "url",
+    )
+
+    def __init__(
+        self,
+        method: str,
+        url: str,
+        path_of: Callable[[str], str],
+        *,
+        create: bool,
+        read_extra: float,
+    ) -> None:
+        self.method = method
+        self.url = url
+        self._path_of = path_of
+        self._path: str | None = None
+        self.create = create
+        self.read_extra = read_extra
+        self.number = 0
+        self.started = 0.0
+        # The last failure was a 2xx whose body could not be read (a GET may ask again).
+        self.garbled = False
+
+    @property
+    def path(self) -> str:
+        """The URL's path."""
+        if self._path is None:
+            self._path = self._path_of(self.url)
+        return self._path
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.path}"
 
 
 class Transport:
@@ -151,7 +185,7 @@ class Transport:
         self._session = session
         self._user_agent = user_agent
         self.sleep = sleep
-        self._slots = anyio.CapacityLimiter(max(1, connections))
+        self._slots = Slots(max(1, connections))
         self.create_limiter: CreateLimiter | None = None
         self.clock_offset: float | None = None
         self._last_date: str | None = None
@@ -183,11 +217,11 @@ class Transport:
     @property
     def connections(self) -> int:
         """How many requests may be under way at once."""
-        return int(self._slots.total_tokens)
+        return self._slots.total
 
     def ensure_connections(self, count: int) -> None:
         """Let at least ``count`` requests be under way at once."""
-        self._slots.total_tokens = max(self._slots.total_tokens, count)
+        self._slots.total = max(self._slots.total, count)
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -260,7 +294,7 @@ class Transport:
         method: str,
         url: str,
         *,
-        json_body: Mapping[str, Any] | None = None,
+        json_body: bytes | None = None,
         headers: Mapping[str, str] | None = None,
         create: bool = False,
         read_extra: float = 0.0,
@@ -270,7 +304,7 @@ class Transport:
         Args:
             method: the HTTP method.
             url: an absolute URL (API paths are joined by the caller with `url`).
-            json_body: the JSON body to send.
+            json_body: the JSON body to send, encoded.
             headers: extra headers.
             create: the request creates a prediction, so it is retried only when the
                 server certainly did not act on it (see the module's docstring).
@@ -281,13 +315,8 @@ class Transport:
             TransportError: no answer (connection failed, reset, `RequestTimeout`).
             ProtocolError: a 2xx answer that is not JSON or too large, or a redirect.
         """
-        path = self._path_of(url)
-        attempt = _Attempt(method, path, create, read_extra)
-        body = None
-        if json_body is not None:
-            body = json.dumps(
-                json_body, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-            ).encode()
+        attempt = _Attempt(method, url, self._path_of, create=create, read_extra=read_extra)
+        body = json_body
         send_headers = self._headers(url, headers, json_body=body is not None)
         while True:
             attempt.number += 1
@@ -304,7 +333,7 @@ class Transport:
                 logger.info(
                     "retrying %s %s in %.2fs (attempt %d of %d): %s",
                     method,
-                    path,
+                    attempt.path,
                     delay,
                     attempt.number + 1,
                     self.retry.attempts,
@@ -338,10 +367,7 @@ class Transport:
         slots = self._slots
         limiter = self.create_limiter if attempt.create else None
         try:
-            # The non-blocking form first: a free slot costs no trip through the event loop.
-            try:
-                slots.acquire_nowait()
-            except anyio.WouldBlock:
+            if not slots.try_acquire():
                 await slots.acquire()
         except BaseException:
             if limiter is not None:
@@ -382,7 +408,7 @@ class Transport:
         if status < 200 or status >= 300:
             raise redirect_error(status, answer_headers, method=attempt.method, path=attempt.path)
         try:
-            data = decode_json(raw, status, f"{attempt.method} {attempt.path}")
+            data = decode_json(raw, status, attempt)
         except ProtocolError:
             attempt.garbled = True
             raise
@@ -402,7 +428,7 @@ class Transport:
                 allow_redirects=False,
             ) as answer:
                 status, answer_headers = answer.status, answer.headers
-                raw = await read_body(answer, f"{attempt.method} {attempt.path}")
+                raw = await read_body(answer, attempt)
         except ProtocolError:
             attempt.garbled = True
             self._log(attempt, "too large")

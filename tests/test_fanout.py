@@ -211,7 +211,8 @@ async def test_a_plain_break_cleans_up_in_the_background() -> None:
             if not still_running(emu) and not await other_tasks():
                 break
             await anyio.sleep(0.01)
-        assert len(_records(emu)) == 5
+        # The worker whose input failed at once may have pulled one more before the break.
+        assert 5 <= len(_records(emu)) <= 6
         assert not still_running(emu)
         assert not await other_tasks()
 

@@ -24,6 +24,7 @@ from quickrouter_async._create import (
     _ledger,
     _matches,
     build_create,
+    input_key,
     is_claimed,
     matches_request,
     send_create,
@@ -577,7 +578,7 @@ def test_create_arguments_are_checked_before_sending(
 def test_create_bodies() -> None:
     typed = build(qr.Imagen4Input(prompt="x", aspect_ratio="16:9"))
     assert typed.path == "/v1/models/google/imagen-4/predictions"
-    assert list(typed.body) == ["input"]
+    assert list(json.loads(typed.body)) == ["input"]
     assert typed.input["prompt"] == "x"
     assert typed.input["aspect_ratio"] == "16:9"
     assert typed.sync_wait is None
@@ -589,7 +590,7 @@ def test_create_bodies() -> None:
         webhook_events_filter=("start", "completed"),
     )
     assert versioned.path == "/v1/predictions"
-    assert versioned.body == {
+    assert json.loads(versioned.body) == {
         "input": {"prompt": "x", "sizes": [1, 2]},
         "version": "acme/m:abc",
         "webhook": "https://hooks.example/q",
@@ -598,7 +599,21 @@ def test_create_bodies() -> None:
     assert versioned.sync_wait == 5
     # Submissions one lookup could confuse share a key: same model, any version.
     assert versioned.key == build("acme/m", {"sizes": [1, 2], "prompt": "x"}).key
+    assert versioned.key == input_key("acme/m", {"sizes": [1, 2], "prompt": "x"})
     assert versioned.key != build("acme/m:abc", {"prompt": "x", "sizes": [1, 3]}).key
+
+
+def test_input_json_is_checked_and_keyed_as_the_server_echoes_it() -> None:
+    # Keys of several types cannot be sorted; as JSON they are strings, and so is the key.
+    mixed = build(MODEL, {"prompt": "x", "weights": {1: "a", "b": 2}})
+    assert mixed.input == {"prompt": "x", "weights": {"1": "a", "b": 2}}
+    assert mixed.key == input_key(MODEL, mixed.input)
+    assert json.loads(mixed.body)["input"] == mixed.input
+    for bad in ({"prompt": float("nan")}, {"prompt": object()}, {"prompt": "\ud800"}):
+        with pytest.raises(qr.InputError, match="input is not"):
+            build(MODEL, bad)
+    # Non-ASCII text goes as UTF-8, unescaped.
+    assert "café".encode() in build(MODEL, {"prompt": "café"}).body
 
 
 def test_matching_with_a_start_time() -> None:

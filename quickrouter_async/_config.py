@@ -115,7 +115,9 @@ class Timeouts:
 
     Attributes:
         connect: to open a connection (including TLS).
-        read: between two reads of the answer.
+        read: the wait for an answer. An API answer is a few kilobytes that comes in
+            one piece, so this bounds the whole answer; for an output file download it
+            is the longest pause between two chunks.
         total: for the whole request, answer included.
     """
 

@@ -230,7 +230,8 @@ class _Run(Generic[InputT]):
             self.submitted += 1
             if self.pulling == 0 and self.workers < self.concurrency:
                 self._add_worker()  # it pulls the next input while this one runs
-            self._report()
+            if self.callback is not None:
+                self._report()
             outcome = await self._outcome(index, item)
             if outcome.ok:
                 self.succeeded += 1
@@ -238,7 +239,8 @@ class _Run(Generic[InputT]):
                 self.canceled += 1
             else:
                 self.failed += 1
-            self._report()
+            if self.callback is not None:
+                self._report()
             if not self.outcomes.put_nowait(outcome):
                 await self.outcomes.put(outcome)
             self.pulling += 1
@@ -246,6 +248,9 @@ class _Run(Generic[InputT]):
     async def _pull(self) -> tuple[int, InputT] | None:
         """The next input and its index; None once the inputs have ended (or raised)."""
         try:
+            if self.window is None and self.iterator is not None:
+                # A plain iterable, in any order: nothing to wait for.
+                return self._number(_END if self.exhausted else self._next_sync(self.iterator))
             if self.window is not None:
                 await self.window.acquire()
             item: Any
@@ -256,15 +261,18 @@ class _Run(Generic[InputT]):
             else:
                 async with self.pull_lock:  # an async iterator takes one `__anext__` at a time
                     item = await self._next_async()
-            if item is _END:
-                if self.window is not None:
-                    self.window.release()
-                return None
-            index = self.index
-            self.index += 1
-            return index, item
+            if item is _END and self.window is not None:
+                self.window.release()
+            return self._number(item)
         finally:
             self.pulling -= 1
+
+    def _number(self, item: Any) -> tuple[int, InputT] | None:
+        if item is _END:
+            return None
+        index = self.index
+        self.index += 1
+        return index, item
 
     def _next_sync(self, iterator: Iterator[InputT]) -> Any:
         try:
@@ -405,6 +413,9 @@ class RunMany(Generic[InputT]):
         return self
 
     async def __anext__(self) -> Outcome[InputT]:
+        run = self._run
+        if run is not None and not self._ordered and run.outcomes.ready and not self._closed:
+            return run.outcomes.pop()  # one is ready: taken without awaiting anything
         if self._closed:
             raise StopAsyncIteration
         run = self._start()

@@ -191,11 +191,17 @@ class RateLimiter:
             quiet = (now - self._last_event) / _PROBE_RAMP
             self._rate += _PROBE_STEP * (1.0 + quiet * quiet)
 
-    async def acquire(self) -> None:
-        """Wait until a create may be sent, first come first served."""
+    def try_acquire(self) -> bool:
+        """Let a create through now if the bucket holds one and nobody queues."""
         now = self._clock()
         if not self._queue and self._delay(now) <= 0:
             self._grant(now, queued=False)
+            return True
+        return False
+
+    async def acquire(self) -> None:
+        """Wait until a create may be sent, first come first served."""
+        if self.try_acquire():
             return
         ticket = _Ticket()
         self._queue.append(ticket)

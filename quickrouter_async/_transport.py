@@ -35,6 +35,7 @@ from ._errors import (
     TransportError,
 )
 from ._http import (
+    MAX_BODY_BYTES,
     RedactedHeaders,
     Secret,
     decode_json,
@@ -72,6 +73,9 @@ _TIMEOUTS_KEPT: Final = 128
 
 class CreateLimiter(Protocol):
     """What the transport asks before each create and tells after (see `_ratelimit.py`)."""
+
+    def try_acquire(self) -> bool:
+        """Let a create through now if one may be sent without waiting."""
 
     async def acquire(self) -> None:
         """Wait until a create may be sent."""
@@ -276,18 +280,30 @@ class Transport:
         return headers
 
     def _client_timeout(self, read_extra: float) -> aiohttp.ClientTimeout:
+        """The limits of an API request, ``read_extra`` seconds longer for a held create.
+
+        API answers are a few kilobytes that arrive in one piece, so the read limit (the
+        wait for the answer) and the total limit are one timer for the whole exchange,
+        not a read timer re-armed for every chunk that arrives.
+        """
         t = self.timeouts
         if t is not self._timeout_source:
             self._timeout_cache.clear()
             self._timeout_source = t
         timeout = self._timeout_cache.get(read_extra)
         if timeout is None:
-            read = None if t.read is None else t.read + read_extra
-            total = None if t.total is None else t.total + read_extra
-            timeout = aiohttp.ClientTimeout(total=total, sock_connect=t.connect, sock_read=read)
+            limits = [limit + read_extra for limit in (t.read, t.total) if limit is not None]
+            timeout = aiohttp.ClientTimeout(
+                total=min(limits) if limits else None, sock_connect=t.connect
+            )
             if len(self._timeout_cache) < _TIMEOUTS_KEPT:
                 self._timeout_cache[read_extra] = timeout
         return timeout
+
+    def _download_timeout(self) -> aiohttp.ClientTimeout:
+        """The limits of a file download: the read limit is per chunk."""
+        t = self.timeouts
+        return aiohttp.ClientTimeout(total=t.total, sock_connect=t.connect, sock_read=t.read)
 
     async def request(
         self,
@@ -320,8 +336,9 @@ class Transport:
         send_headers = self._headers(url, headers, json_body=body is not None)
         while True:
             attempt.number += 1
-            if create and self.create_limiter is not None:
-                await self.create_limiter.acquire()
+            limiter = self.create_limiter if create else None
+            if limiter is not None and not limiter.try_acquire():
+                await limiter.acquire()
             attempt.started = time.monotonic()
             attempt.garbled = False
             try:
@@ -428,7 +445,11 @@ class Transport:
                 allow_redirects=False,
             ) as answer:
                 status, answer_headers = answer.status, answer.headers
-                raw = await read_body(answer, attempt)
+                length = answer.content_length
+                if 200 <= status < 300 and length is not None and length <= MAX_BODY_BYTES:
+                    raw = await answer.read()  # the usual answer: its length known and allowed
+                else:
+                    raw = await read_body(answer, attempt)
         except ProtocolError:
             attempt.garbled = True
             self._log(attempt, "too large")
@@ -481,7 +502,7 @@ class Transport:
             APIError: the file host answered with another error status.
             ProtocolError: the answer is a redirect that leads nowhere.
         """
-        async with self._slots, open_file(self.session, url, self._client_timeout(0.0)) as opened:
+        async with self._slots, open_file(self.session, url, self._download_timeout()) as opened:
             yield opened
 
     @staticmethod

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 from typing import TYPE_CHECKING
 
 import pytest
 import quickrouter_async as qr
+from aiohttp import web
 
 from .conftest import FAST_RETRY
 from .http_servers import Scripted, reply
@@ -103,6 +105,29 @@ async def test_a_failed_file_raises_one_plain_error_and_leaves_no_part_files(
                 await client.download(done("p1", urls), tmp_path, concurrency=1)
     assert not isinstance(caught.value, BaseExceptionGroup)
     assert not [name for name in everything_in(tmp_path) if name.endswith(".part")]
+
+
+async def trickle(request: web.Request) -> web.StreamResponse:
+    """A file sent in ten pieces, 50 ms apart: half a second in all."""
+    answer = web.StreamResponse(headers={"Content-Type": "image/png"})
+    answer.content_length = len(PNG) * 10
+    await answer.prepare(request)
+    for _ in range(10):
+        await answer.write(PNG)
+        await asyncio.sleep(0.05)
+    return answer
+
+
+async def test_a_download_may_take_longer_than_read_while_data_flows(tmp_path: Path) -> None:
+    # For a file, `read` is the longest pause between two chunks, not the whole download.
+    async with Scripted() as files:
+        files.always("GET", "/slow.png", trickle)
+        timeouts = qr.Timeouts(read=0.3, total=None)
+        async with qr.QuickRouter(
+            "key", base_url=files.base_url, retry=FAST_RETRY, timeout=timeouts
+        ) as client:
+            paths = await client.download(done("p1", f"{files.url}/slow.png"), tmp_path)
+    assert paths[0].read_bytes() == PNG * 10
 
 
 async def test_transient_errors_are_retried(tmp_path: Path) -> None:

@@ -308,6 +308,31 @@ def test_concurrency_must_be_a_positive_integer(concurrency: Any) -> None:
         client.run_many([], timeout=-1)
 
 
+@pytest.mark.parametrize(
+    "inputs",
+    [
+        "a prompt",
+        b"bytes",
+        {"prompt": "a mapping is one input"},
+        42,
+        qr.Imagen4Input(prompt="one typed input"),
+        (MODEL, {"prompt": "one pair"}),
+    ],
+)
+def test_inputs_must_be_an_iterable_of_inputs(inputs: Any) -> None:
+    client = qr.QuickRouter("k", base_url="http://127.0.0.1:1")
+    with pytest.raises(qr.InputError, match="inputs") as info:
+        client.run_many(inputs)
+    assert info.value.field == "inputs"
+
+
+async def test_without_a_key_nothing_is_sent(emulator: Emulator) -> None:
+    async with qr.QuickRouter("", base_url=emulator.base_url) as client:
+        with pytest.raises(qr.AuthenticationError, match="no API key"):
+            client.run_many(prompts(3))
+    assert emulator.requests == []
+
+
 async def test_sync_mode_needs_no_polls() -> None:
     sync = qr.PollPolicy(sync_wait=5, interval=0.01)
     async with Emulator(duration=0.05) as emu, make_client(emu, poll=sync) as client:

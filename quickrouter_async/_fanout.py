@@ -133,7 +133,8 @@ class _Run(Generic[InputT]):
         if sync is not None and timeout is not None:
             sync = max(1.0, min(sync, timeout))
         self.sync_wait = sync
-        self.concurrency = concurrency
+        # One token per worker; a worker runs one input at a time.
+        self.slots = anyio.CapacityLimiter(concurrency)
         # One of the two, by the kind of iterable.
         self.iterator: Iterator[InputT] | None = None
         self.async_iterator: AsyncIterator[InputT] | None = None
@@ -142,7 +143,7 @@ class _Run(Generic[InputT]):
         else:
             self.iterator = iter(inputs)
         self.pull_lock = asyncio.Lock()
-        self.index = self.workers = self.pulling = 0
+        self.index = self.pulling = 0
         self.exhausted = False
         self.group: anyio.abc.TaskGroup
         # Ordered output holds back finished outcomes; this bounds how many.
@@ -212,38 +213,48 @@ class _Run(Generic[InputT]):
                 self.finished.set()
 
     def _add_worker(self) -> None:
-        self.workers += 1
+        """Start a worker if a token of the limiter is free (it holds it while it lives)."""
+        token = object()
+        try:
+            self.slots.acquire_on_behalf_of_nowait(token)
+        except anyio.WouldBlock:
+            return
         self.pulling += 1  # its first move is to pull
-        self.group.start_soon(self._worker)
+        self.group.start_soon(self._worker, token)
 
-    async def _worker(self) -> None:
+    async def _worker(self, token: object) -> None:
         """Pull an input, run it, hand its outcome over; again, until the inputs end.
 
-        There are never more workers than ``concurrency``, and one more starts only when
-        every other is busy, so an input is pulled only when it can start at once.
+        Each worker holds one token of the ``concurrency``-token limiter and runs one
+        input at a time, so at most ``concurrency`` inputs are in flight; one more
+        worker starts only when every other is busy, so an input is pulled only when it
+        can start at once.
         """
-        while True:
-            pulled = await self._pull()
-            if pulled is None:
-                return
-            index, item = pulled
-            self.submitted += 1
-            if self.pulling == 0 and self.workers < self.concurrency:
-                self._add_worker()  # it pulls the next input while this one runs
-            if self.callback is not None:
-                self._report()
-            outcome = await self._outcome(index, item)
-            if outcome.ok:
-                self.succeeded += 1
-            elif isinstance(outcome.error, PredictionCanceled):
-                self.canceled += 1
-            else:
-                self.failed += 1
-            if self.callback is not None:
-                self._report()
-            if not self.outcomes.put_nowait(outcome):
-                await self.outcomes.put(outcome)
-            self.pulling += 1
+        try:
+            while True:
+                pulled = await self._pull()
+                if pulled is None:
+                    return
+                index, item = pulled
+                self.submitted += 1
+                if self.pulling == 0:
+                    self._add_worker()  # it pulls the next input while this one runs
+                if self.callback is not None:
+                    self._report()
+                outcome = await self._outcome(index, item)
+                if outcome.ok:
+                    self.succeeded += 1
+                elif isinstance(outcome.error, PredictionCanceled):
+                    self.canceled += 1
+                else:
+                    self.failed += 1
+                if self.callback is not None:
+                    self._report()
+                if not self.outcomes.put_nowait(outcome):
+                    await self.outcomes.put(outcome)
+                self.pulling += 1
+        finally:
+            self.slots.release_on_behalf_of(token)
 
     async def _pull(self) -> tuple[int, InputT] | None:
         """The next input and its index; None once the inputs have ended (or raised)."""

@@ -18,11 +18,11 @@ from ._config import (
 )
 from ._create import build_create, send_create
 from ._errors import AuthenticationError, InputError, WaitTimeout
-from ._fanout import Inputs, InputT, ProgressCallback, RunMany, check_inputs, concurrency_of
 from ._files import DEFAULT_MAX_BYTES, download_outputs, prediction_of
 from ._models import Outcome, Prediction
 from ._polling import Push, Schedule, cancel_quietly, raise_for_outcome, wait_for, watch
 from ._ratelimit import RateLimiter
+from ._runmany import RunMany, check_inputs, concurrency_of
 from ._serde import parse_page, parse_prediction
 from ._transport import Transport
 from ._version import __version__
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
     import aiohttp
 
+    from ._fanout import Inputs, InputT, ProgressCallback
     from ._inputs import ModelInput
 
 __all__ = ["QuickRouter"]

@@ -1,28 +1,28 @@
-"""`run_many`: many predictions at once, bounded, paced, one `Outcome` per input.
+"""The work of a `run_many` call: many predictions at once, bounded, paced, one `Outcome`
+per input.
 
-Inputs are pulled lazily, one at a time and only when a slot is free, so a generator of a
-million inputs is never materialized. Each input runs as its own task (create, then wait,
-through `QuickRouter.run`); an anyio `CapacityLimiter` bounds how many are in flight, and
-the transport's create limiter (`_ratelimit.py`) paces the creates. Whatever happens to
-an input (a bad tuple, a failed or canceled prediction, an HTTP error) becomes the
-``error`` of its outcome; it never stops the others.
+Inputs are pulled lazily, one at a time and only when a worker is free, so a generator of
+a million inputs is never materialized. A pool of at most ``concurrency`` workers, each
+holding one token of an anyio `CapacityLimiter`, runs the inputs one at a time each
+(create, in sync mode when the poll policy says so, then wait); the transport's create
+limiter (`_ratelimit.py`) paces the creates. Whatever happens to an input (a bad tuple, a
+failed or canceled prediction, an HTTP error) becomes the ``error`` of its outcome; it
+never stops the others.
 
-The work runs in one background task owned by the `RunMany` object, so the caller can
-leave at any point: `aclose` (called by ``async with``, `contextlib.aclosing`, a cancelled
-``__anext__``, or the garbage collector after a plain ``break``) cancels every input still
-in flight, and each of them cancels its prediction on the server, shielded and bounded.
+`Run.main` runs in one background task owned by the `RunMany` object (`_runmany.py`), so
+the caller can leave at any point: stopping it cancels every input still in flight, and
+each of them cancels its prediction on the server, shielded and bounded; creates cut short
+before their answer came are looked up and canceled when the work ends.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
-import functools
 import logging
 import time
-from collections.abc import AsyncIterable, Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Final, Generic, Self, TypeAlias
+from collections.abc import AsyncIterable, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Final, Generic, TypeAlias
 
 import anyio
 import attrs
@@ -35,30 +35,21 @@ from ._polling import cancel_quietly, raise_for_outcome
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
-    from types import TracebackType
 
     from ._client import QuickRouter
     from ._models import Prediction
     from ._transport import Transport
 
-__all__ = [
-    "InputT",
-    "Inputs",
-    "Progress",
-    "ProgressCallback",
-    "RunMany",
-    "check_inputs",
-    "concurrency_of",
-]
+__all__ = ["RUNNING", "SHUTDOWN_GRACE", "InputT", "Inputs", "Progress", "ProgressCallback", "Run"]
 
 logger = logging.getLogger(__name__)
 
 # How long leaving early may take: every in-flight prediction is canceled on the server.
 SHUTDOWN_GRACE: Final = 10.0
-# What `_Run._pull` returns in place of an input once the inputs have ended.
+# What `Run._pull` returns in place of an input once the inputs have ended.
 _END: Final = object()
 # Background tasks of run_many calls still going, so none is garbage collected midway.
-_RUNNING: set[asyncio.Task[None]] = set()
+RUNNING: set[asyncio.Task[None]] = set()
 
 
 @attrs.frozen(kw_only=True)
@@ -109,7 +100,7 @@ def _arguments(item: object) -> tuple[Any, Any]:
     return item, None
 
 
-class _Run(Generic[InputT]):
+class Run(Generic[InputT]):
     """The state the background task works on (it never refers to the `RunMany`)."""
 
     def __init__(
@@ -356,164 +347,3 @@ class _Run(Generic[InputT]):
                     group.start_soon(cancel_quietly, self.client.cancel, prediction.id)
                 if not wanted:
                     break
-
-
-class RunMany(Generic[InputT]):
-    """The outcomes of `QuickRouter.run_many`: an async iterator and an async context manager.
-
-    Iterate it with ``async for``. To leave early and be sure every prediction still in
-    flight has been canceled on the server before going on, use it as a context manager
-    (or wrap it in `contextlib.aclosing`)::
-
-        async with client.run_many(prompts) as outcomes:
-            async for outcome in outcomes:
-                if enough(outcome):
-                    break
-        # nothing of this call is running any more
-
-    A plain ``break`` also cancels the work, when the iterator is garbage collected, but
-    without waiting for the cancels to finish.
-    """
-
-    def __init__(
-        self,
-        client: QuickRouter,
-        transport: Transport,
-        inputs: Inputs[InputT],
-        *,
-        concurrency: int,
-        ordered: bool,
-        timeout: float | None,
-        progress: ProgressCallback | None,
-    ) -> None:
-        self._make_run = functools.partial(
-            _Run,
-            client,
-            transport,
-            inputs,
-            concurrency=concurrency,
-            ordered=ordered,
-            timeout=timeout,
-            progress=progress,
-        )
-        self._ordered = ordered
-        self._run: _Run[InputT] | None = None
-        self._closed = False
-        self._pending: dict[int, Outcome[InputT]] = {}
-        self._next_index = 0
-
-    def __repr__(self) -> str:
-        return f"<RunMany {self.progress}>"
-
-    @property
-    def progress(self) -> Progress:
-        """The counts so far (all zero before iteration starts)."""
-        if self._run is None:
-            return Progress()
-        return self._run.snapshot()
-
-    def _start(self) -> _Run[InputT]:
-        if self._run is None:
-            self._run = self._make_run()
-            task = asyncio.get_running_loop().create_task(self._run.main())
-            _RUNNING.add(task)
-            task.add_done_callback(_RUNNING.discard)
-        return self._run
-
-    def __aiter__(self) -> Self:
-        return self
-
-    async def __anext__(self) -> Outcome[InputT]:
-        run = self._run
-        if run is not None and not self._ordered and run.outcomes.ready and not self._closed:
-            return run.outcomes.pop()  # one is ready: taken without awaiting anything
-        if self._closed:
-            raise StopAsyncIteration
-        run = self._start()
-        try:
-            outcome = await self._next(run)
-        except anyio.EndOfStream:
-            await self.aclose()
-            if run.error is not None:
-                raise run.error from None
-            raise StopAsyncIteration from None
-        except BaseException:
-            # Cancelled while waiting (a deadline, a cancelled task): leave nothing running.
-            await self.aclose()
-            raise
-        return outcome
-
-    async def _next(self, run: _Run[InputT]) -> Outcome[InputT]:
-        outcomes = run.outcomes
-        if not self._ordered:
-            # One that is ready is taken without a trip through the event loop.
-            return outcomes.pop() if outcomes.ready else await outcomes.get()
-        while self._next_index not in self._pending:
-            outcome = outcomes.pop() if outcomes.ready else await outcomes.get()
-            self._pending[outcome.index] = outcome
-        outcome = self._pending.pop(self._next_index)
-        self._next_index += 1
-        if run.window is not None:
-            run.window.release()
-        return outcome
-
-    async def aclose(self) -> None:
-        """Stop: cancel inputs still in flight (and their predictions on the server)."""
-        self._closed = True
-        run = self._run
-        if run is None:
-            return
-        if not run.finished.is_set():
-            run.stop()
-            with anyio.CancelScope(shield=True), anyio.move_on_after(SHUTDOWN_GRACE):
-                await run.finished.wait()
-        run.outcomes.abandon()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-    def __del__(self) -> None:
-        run = self._run
-        if run is None or self._closed:
-            return
-        # Left with a plain `break`: stop the work; the task cancels what it started.
-        with contextlib.suppress(RuntimeError):
-            run.stop()
-        run.outcomes.abandon()
-
-
-def check_inputs(inputs: object) -> None:
-    """Check the ``inputs`` argument of `run_many`: an iterable of inputs, not one input."""
-    if isinstance(inputs, str | bytes | Mapping) or not isinstance(
-        inputs, Iterable | AsyncIterable
-    ):
-        raise InputError(
-            "inputs must be an iterable or async iterable of typed inputs or "
-            f"(model, input) pairs, not {type(inputs).__name__}",
-            field="inputs",
-        )
-    if isinstance(inputs, tuple) and len(inputs) == 2 and isinstance(inputs[0], str):
-        raise InputError(
-            "inputs is one (model, input) pair; pass an iterable of them, e.g. [pair]",
-            field="inputs",
-        )
-
-
-def concurrency_of(value: int | None, default: int) -> int:
-    """Check the ``concurrency`` argument of `run_many`."""
-    if value is None:
-        return default
-    checked: object = value
-    if isinstance(checked, bool) or not isinstance(checked, int) or checked < 1:
-        raise InputError(
-            f"concurrency must be a positive integer, got {value!r}", field="concurrency"
-        )
-    return value

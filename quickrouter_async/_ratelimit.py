@@ -38,17 +38,19 @@ covers at once: one wake of the event loop per tick, not one per create.
 from __future__ import annotations
 
 import collections
+import math
 import time
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Protocol
 
 import anyio
 
 from ._errors import InputError
+from ._http import header
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Mapping
 
-__all__ = ["RateLimiter"]
+__all__ = ["CreateLimiter", "RateLimiter", "bucket_empty", "remaining_creates"]
 
 # Replicate's documented create limit: 600 per minute, short bursts allowed.
 INITIAL_RATE: Final = 10.0
@@ -80,6 +82,47 @@ _TICK: Final = 0.005
 _EPSILON: Final = 1e-6
 # The most creates one ``ratelimit-remaining`` header lets through at once.
 _HEADER_ALLOWANCE_MAX: Final = 1000.0
+
+
+class CreateLimiter(Protocol):
+    """What the transport asks before each create and tells after (`RateLimiter` is one)."""
+
+    def try_acquire(self) -> bool:
+        """Let a create through now if one may be sent without waiting."""
+
+    async def acquire(self) -> None:
+        """Wait until a create may be sent."""
+
+    def on_throttled(self, retry_after: float | None, *, bucket_empty: bool = True) -> None:
+        """A create was answered 429 (``bucket_empty``: not a ``ratelimit-remaining`` above 0)."""
+
+    def on_accepted(self, remaining: float | None = None) -> None:
+        """A create was answered with anything but 429 (``remaining``: the answer's
+        ``ratelimit-remaining``, if it had a number).
+        """
+
+    def on_unanswered(self) -> None:
+        """A create got no answer."""
+
+
+def remaining_creates(headers: Mapping[str, str]) -> float | None:
+    """The answer's ``ratelimit-remaining`` as a number, or None (absent or not a number)."""
+    value = header(headers, "ratelimit-remaining")
+    if value is None:
+        return None
+    try:
+        remaining = float(value)
+    except ValueError:
+        return None
+    return remaining if math.isfinite(remaining) else None
+
+
+def bucket_empty(headers: Mapping[str, str]) -> bool:
+    """Whether a 429 may mean the create budget is spent: not when the answer's
+    ``ratelimit-remaining`` says creates remain (the refusal had another cause).
+    """
+    remaining = remaining_creates(headers)
+    return remaining is None or remaining < 1
 
 
 class _Ticket:

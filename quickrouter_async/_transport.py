@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import time
-from typing import TYPE_CHECKING, Any, Final, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, Final, NamedTuple
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -47,18 +46,18 @@ from ._http import (
     redirect_error,
     without_frames,
 )
+from ._ratelimit import bucket_empty, remaining_creates
 from ._slots import Slots
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
     from ._config import RetryPolicy, Timeouts
+    from ._ratelimit import CreateLimiter
 
 __all__ = [
-    "CreateLimiter",
     "Response",
     "Transport",
-    "bucket_empty",
     "create_in_doubt",
     "error_from_answer",
 ]
@@ -69,27 +68,6 @@ logger = logging.getLogger(__name__)
 _SPECIAL: Final = ("\t", "\r", "\n")
 # Distinct read allowances (``Prefer: wait`` lengths) whose timeouts are kept.
 _TIMEOUTS_KEPT: Final = 128
-
-
-class CreateLimiter(Protocol):
-    """What the transport asks before each create and tells after (see `_ratelimit.py`)."""
-
-    def try_acquire(self) -> bool:
-        """Let a create through now if one may be sent without waiting."""
-
-    async def acquire(self) -> None:
-        """Wait until a create may be sent."""
-
-    def on_throttled(self, retry_after: float | None, *, bucket_empty: bool = True) -> None:
-        """A create was answered 429 (``bucket_empty``: not a ``ratelimit-remaining`` above 0)."""
-
-    def on_accepted(self, remaining: float | None = None) -> None:
-        """A create was answered with anything but 429 (``remaining``: the answer's
-        ``ratelimit-remaining``, if it had a number).
-        """
-
-    def on_unanswered(self) -> None:
-        """A create got no answer."""
 
 
 class Response(NamedTuple):
@@ -516,26 +494,6 @@ class Transport:
                 attempt.number,
                 time.monotonic() - attempt.started,
             )
-
-
-def remaining_creates(headers: Mapping[str, str]) -> float | None:
-    """The answer's ``ratelimit-remaining`` as a number, or None (absent or not a number)."""
-    value = header(headers, "ratelimit-remaining")
-    if value is None:
-        return None
-    try:
-        remaining = float(value)
-    except ValueError:
-        return None
-    return remaining if math.isfinite(remaining) else None
-
-
-def bucket_empty(headers: Mapping[str, str]) -> bool:
-    """Whether a 429 may mean the create budget is spent: not when the answer's
-    ``ratelimit-remaining`` says creates remain (the refusal had another cause).
-    """
-    remaining = remaining_creates(headers)
-    return remaining is None or remaining < 1
 
 
 def create_in_doubt(exc: BaseException) -> bool:

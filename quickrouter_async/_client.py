@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from typing import TYPE_CHECKING, Any, Self
@@ -18,6 +19,7 @@ from ._config import (
 )
 from ._create import build_create, send_create
 from ._errors import AuthenticationError, InputError, WaitTimeout
+from ._fanout import Run
 from ._files import DEFAULT_MAX_BYTES, download_outputs, prediction_of
 from ._models import Outcome, Prediction
 from ._polling import Push, Schedule, cancel_quietly, raise_for_outcome, wait_for, watch
@@ -375,13 +377,16 @@ class QuickRouter:
         self._require_key()
         self._transport.ensure_connections(limit + _SPARE_CONNECTIONS)
         return RunMany(
-            self,
-            self._transport,
-            inputs,
-            concurrency=limit,
-            ordered=ordered,
-            timeout=seconds,
-            progress=progress,
+            functools.partial(
+                Run,
+                self,
+                self._transport,
+                inputs,
+                concurrency=limit,
+                ordered=ordered,
+                timeout=seconds,
+                progress=progress,
+            )
         )
 
     # -- outputs -----------------------------------------------------------------------

@@ -250,9 +250,6 @@ class Run(Generic[InputT]):
     async def _pull(self) -> tuple[int, InputT] | None:
         """The next input and its index; None once the inputs have ended (or raised)."""
         try:
-            if self.window is None and self.iterator is not None:
-                # A plain iterable, in any order: nothing to wait for.
-                return self._number(_END if self.exhausted else self._next_sync(self.iterator))
             if self.window is not None:
                 await self.window.acquire()
             item: Any

@@ -87,9 +87,6 @@ _HEADER_ALLOWANCE_MAX: Final = 1000.0
 class CreateLimiter(Protocol):
     """What the transport asks before each create and tells after (`RateLimiter` is one)."""
 
-    def try_acquire(self) -> bool:
-        """Let a create through now if one may be sent without waiting."""
-
     async def acquire(self) -> None:
         """Wait until a create may be sent."""
 
@@ -234,17 +231,11 @@ class RateLimiter:
             quiet = (now - self._last_event) / _PROBE_RAMP
             self._rate += _PROBE_STEP * (1.0 + quiet * quiet)
 
-    def try_acquire(self) -> bool:
-        """Let a create through now if the bucket holds one and nobody queues."""
+    async def acquire(self) -> None:
+        """Wait until a create may be sent, first come first served."""
         now = self._clock()
         if not self._queue and self._delay(now) <= 0:
             self._grant(now, queued=False)
-            return True
-        return False
-
-    async def acquire(self) -> None:
-        """Wait until a create may be sent, first come first served."""
-        if self.try_acquire():
             return
         ticket = _Ticket()
         self._queue.append(ticket)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 from collections.abc import AsyncIterable, Iterable, Mapping
 from typing import TYPE_CHECKING, Generic, Self
 
@@ -22,12 +21,10 @@ from ._fanout import RUNNING, SHUTDOWN_GRACE, Progress, Run
 from ._models import InputT
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from types import TracebackType
 
-    from ._client import QuickRouter
-    from ._fanout import Inputs, ProgressCallback
     from ._models import Outcome
-    from ._transport import Transport
 
 __all__ = ["RunMany", "check_inputs", "concurrency_of"]
 
@@ -49,28 +46,8 @@ class RunMany(Generic[InputT]):
     without waiting for the cancels to finish.
     """
 
-    def __init__(
-        self,
-        client: QuickRouter,
-        transport: Transport,
-        inputs: Inputs[InputT],
-        *,
-        concurrency: int,
-        ordered: bool,
-        timeout: float | None,
-        progress: ProgressCallback | None,
-    ) -> None:
-        self._make_run = functools.partial(
-            Run,
-            client,
-            transport,
-            inputs,
-            concurrency=concurrency,
-            ordered=ordered,
-            timeout=timeout,
-            progress=progress,
-        )
-        self._ordered = ordered
+    def __init__(self, make_run: Callable[[], Run[InputT]]) -> None:
+        self._make_run = make_run
         self._run: Run[InputT] | None = None
         self._closed = False
         self._pending: dict[int, Outcome[InputT]] = {}
@@ -99,7 +76,7 @@ class RunMany(Generic[InputT]):
 
     async def __anext__(self) -> Outcome[InputT]:
         run = self._run
-        if run is not None and not self._ordered and run.outcomes.ready and not self._closed:
+        if run is not None and run.window is None and run.outcomes.ready and not self._closed:
             return run.outcomes.pop()  # one is ready: taken without awaiting anything
         if self._closed:
             raise StopAsyncIteration
@@ -118,12 +95,10 @@ class RunMany(Generic[InputT]):
         return outcome
 
     async def _next(self, run: Run[InputT]) -> Outcome[InputT]:
-        outcomes = run.outcomes
-        if not self._ordered:
-            # One that is ready is taken without a trip through the event loop.
-            return outcomes.pop() if outcomes.ready else await outcomes.get()
+        if run.window is None:  # in finishing order
+            return await run.outcomes.get()
         while self._next_index not in self._pending:
-            outcome = outcomes.pop() if outcomes.ready else await outcomes.get()
+            outcome = await run.outcomes.get()
             self._pending[outcome.index] = outcome
         outcome = self._pending.pop(self._next_index)
         self._next_index += 1

@@ -104,8 +104,7 @@ def parse_prediction(data: object) -> Prediction:
             raise ProtocolError(f"prediction field {key!r} should be an object, got {value!r:.80}")
         fields[key] = value
     for key in _DATETIME_FIELDS:
-        value = get(key)
-        fields[key] = None if value is None else parse_timestamp(value, field=key)
+        fields[key] = parse_timestamp(get(key), field=key)
     return Prediction(
         id=pid,
         status=_STATUSES.get(status) or Status(status),

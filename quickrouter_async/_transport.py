@@ -34,7 +34,6 @@ from ._errors import (
     TransportError,
 )
 from ._http import (
-    MAX_BODY_BYTES,
     RedactedHeaders,
     Secret,
     decode_json,
@@ -310,17 +309,15 @@ class Transport:
             ProtocolError: a 2xx answer that is not JSON or too large, or a redirect.
         """
         attempt = _Attempt(method, url, self._path_of, create=create, read_extra=read_extra)
-        body = json_body
-        send_headers = self._headers(url, headers, json_body=body is not None)
+        send_headers = self._headers(url, headers, json_body=json_body is not None)
         while True:
             attempt.number += 1
-            limiter = self.create_limiter if create else None
-            if limiter is not None and not limiter.try_acquire():
-                await limiter.acquire()
+            if create and self.create_limiter is not None:
+                await self.create_limiter.acquire()
             attempt.started = time.monotonic()
             attempt.garbled = False
             try:
-                return await self._send(url, body, send_headers, attempt)
+                return await self._send(url, json_body, send_headers, attempt)
             except (APIError, TransportError, ProtocolError) as exc:
                 delay = self._retry_delay(exc, attempt)
                 if delay is None:
@@ -423,11 +420,7 @@ class Transport:
                 allow_redirects=False,
             ) as answer:
                 status, answer_headers = answer.status, answer.headers
-                length = answer.content_length
-                if 200 <= status < 300 and length is not None and length <= MAX_BODY_BYTES:
-                    raw = await answer.read()  # the usual answer: its length known and allowed
-                else:
-                    raw = await read_body(answer, attempt)
+                raw = await read_body(answer, attempt)
         except ProtocolError:
             attempt.garbled = True
             self._log(attempt, "too large")

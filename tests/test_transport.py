@@ -59,9 +59,6 @@ class Limiter:
         self.remaining: list[float | None] = []
         self.unanswered = 0
 
-    def try_acquire(self) -> bool:
-        return False  # every create goes through acquire, to be counted
-
     async def acquire(self) -> None:
         self.acquired += 1
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
-import weakref
 from typing import TYPE_CHECKING, Final
 
 import anyio
@@ -33,12 +32,15 @@ from ._serde import parse_page, parse_prediction
 from ._transport import create_in_doubt
 
 if TYPE_CHECKING:
+    from collections.abc import Set as AbstractSet
+
     from ._models import Prediction
     from ._transport import Transport
 
 __all__ = [
     "CLOCK_SKEW",
     "CreateRequest",
+    "Ledger",
     "build_create",
     "input_key",
     "is_claimed",
@@ -133,8 +135,10 @@ class _Input:
             await self._idle.wait()
 
 
-class _Ledger:
-    """One client's claimed prediction ids and its creates under way, by input."""
+class Ledger:
+    """One client's claimed prediction ids and its creates under way, by input (kept
+    on the client's transport).
+    """
 
     def __init__(self) -> None:
         self.claimed: dict[str, float] = {}
@@ -142,7 +146,14 @@ class _Ledger:
 
     def claim(self, prediction_id: str) -> None:
         now = time.monotonic()
-        # Oldest first (insertion order): forget what no lookup can match any more.
+        claimed = self.claimed
+        if claimed and now - next(iter(claimed.values())) >= _CLAIM_SECONDS:
+            self._forget(now)
+        claimed.pop(prediction_id, None)
+        claimed[prediction_id] = now
+
+    def _forget(self, now: float) -> None:
+        """Forget, oldest first (insertion order), the ids no lookup can match any more."""
         stale = []
         for old, claimed_at in self.claimed.items():
             if now - claimed_at < _CLAIM_SECONDS:
@@ -150,8 +161,6 @@ class _Ledger:
             stale.append(old)
         for old in stale:
             del self.claimed[old]
-        self.claimed.pop(prediction_id, None)
-        self.claimed[prediction_id] = now
 
     def enter(self, key: str) -> _Input:
         entry = self.inputs.get(key)
@@ -166,13 +175,10 @@ class _Ledger:
             del self.inputs[key]
 
 
-_LEDGERS: weakref.WeakKeyDictionary[Transport, _Ledger] = weakref.WeakKeyDictionary()
-
-
-def _ledger(transport: Transport) -> _Ledger:
-    ledger = _LEDGERS.get(transport)
+def _ledger(transport: Transport) -> Ledger:
+    ledger = transport.ledger
     if ledger is None:
-        ledger = _LEDGERS[transport] = _Ledger()
+        ledger = transport.ledger = Ledger()
     return ledger
 
 
@@ -190,7 +196,7 @@ def _window_start(transport: Transport, sent_at: float) -> dt.datetime:
 
 
 async def _look_up(
-    transport: Transport, request: CreateRequest, sent_at: float, taken: set[str]
+    transport: Transport, request: CreateRequest, sent_at: float, taken: AbstractSet[str]
 ) -> Prediction | None:
     """Find the prediction a create in doubt made, newest first; None if certainly absent.
 
@@ -230,7 +236,7 @@ async def _resolve(
     *,
     entry: _Input,
     sent_at: float,
-    taken: set[str],
+    taken: AbstractSet[str],
     error: QuickRouterError,
 ) -> Prediction | None:
     """The prediction a create in doubt made, or None when it certainly made none."""
@@ -259,7 +265,7 @@ async def _resolve(
 
 
 async def send_create(
-    transport: Transport, request: CreateRequest, *, taken: set[str] | None = None
+    transport: Transport, request: CreateRequest, *, taken: AbstractSet[str] = frozenset()
 ) -> Prediction:
     """Create the prediction once, resolving any doubt about its fate by looking it up.
 
@@ -275,7 +281,6 @@ async def send_create(
         CreateInDoubt: the prediction may exist and could not be looked up.
         ProtocolError: the answers were broken and no prediction could be found.
     """
-    taken = set() if taken is None else taken
     ledger = _ledger(transport)
     key = request.key
     entry = ledger.enter(key)

@@ -205,11 +205,10 @@ class Run(Generic[InputT]):
 
     def _add_worker(self) -> None:
         """Start a worker if a token of the limiter is free (it holds it while it lives)."""
+        if self.slots.available_tokens < 1:
+            return  # every worker there may be is running
         token = object()
-        try:
-            self.slots.acquire_on_behalf_of_nowait(token)
-        except anyio.WouldBlock:
-            return
+        self.slots.acquire_on_behalf_of_nowait(token)
         self.pulling += 1  # its first move is to pull
         self.group.start_soon(self._worker, token)
 

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit
 
 import aiohttp
+from multidict import CIMultiDictProxy
 
 from ._errors import (
     APIError,
@@ -82,7 +83,7 @@ _DETAIL_CHARS: Final = 300
 def header(headers: Mapping[str, str], name: str) -> str | None:
     """A header's value, matched in any case (aiohttp's headers already are)."""
     value = headers.get(name)
-    if value is not None:
+    if value is not None or type(headers) is CIMultiDictProxy:
         return value
     lowered = name.lower()
     for key, item in headers.items():
@@ -327,11 +328,11 @@ async def read_body(answer: aiohttp.ClientResponse, where: object) -> bytes:
 
 def decode_json(raw: bytes, status: int, where: object) -> Any:
     """The JSON of a 2xx body (None when empty), or `ProtocolError` quoting its start."""
-    if not raw.strip():
-        return None
     try:
         return json.loads(raw)
     except (ValueError, RecursionError):
+        if not raw.strip():
+            return None
         text = raw[:80].decode("utf-8", "replace")
         raise ProtocolError(
             f"{where} answered {status} with a body that is not JSON: {text!r}"

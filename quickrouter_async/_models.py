@@ -46,7 +46,7 @@ class Status(enum.StrEnum):
     @property
     def terminal(self) -> bool:
         """True for ``succeeded``, ``failed``, ``canceled`` and ``aborted``."""
-        return self in _TERMINAL
+        return self._value_ in _TERMINAL
 
     @property
     def known(self) -> bool:
@@ -54,7 +54,8 @@ class Status(enum.StrEnum):
         return self._name_ != "UNKNOWN"
 
 
-_TERMINAL = frozenset({Status.SUCCEEDED, Status.FAILED, Status.CANCELED, Status.ABORTED})
+# By value: a string's hash is cached, an enum member's is computed in Python.
+_TERMINAL = frozenset({"succeeded", "failed", "canceled", "aborted"})
 
 
 def _output_urls(output: object) -> list[str]:

@@ -324,14 +324,17 @@ async def wait_for(
 
 def raise_for_outcome(prediction: Prediction) -> Prediction:
     """Return a succeeded prediction; raise `PredictionFailed` / `PredictionCanceled`."""
-    if prediction.status is Status.FAILED:
+    status = prediction.status
+    if status is Status.SUCCEEDED:
+        return prediction
+    if status is Status.FAILED:
         raise PredictionFailed(
             f"prediction {prediction.id} failed: {prediction.error or 'no error message'}",
             prediction=prediction,
         )
-    if prediction.status in {Status.CANCELED, Status.ABORTED}:
+    if status is Status.CANCELED or status is Status.ABORTED:
         raise PredictionCanceled(
-            f"prediction {prediction.id} was {prediction.status.value}", prediction=prediction
+            f"prediction {prediction.id} was {status.value}", prediction=prediction
         )
     return prediction
 

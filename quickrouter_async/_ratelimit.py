@@ -8,7 +8,11 @@ With a fixed rate the bucket simply spaces creates out. Without one the limiter 
 server's limit by itself, much as TCP finds a link's bandwidth:
 
 - it starts at Replicate's documented 10 creates per second with a burst of 10 and, while
-  callers are waiting for it, grows fast (slow start, about 7 times per second);
+  callers are waiting for it, grows fast (slow start, about 7 times per second); until
+  the first create is answered, callers queued past the burst are let through in groups
+  (when the bucket is full again, at most half a second apart) rather than one by one,
+  so that a job's first wave stays together once the first answer has said how many
+  creates the server takes (below);
 - on a 429 it stops every create until the server's ``Retry-After`` (or the body's
   ``retry_after``) has passed, and sets its rate a little below the rate the server
   accepted since the previous 429 (or over the last seconds, for the first one);
@@ -78,6 +82,10 @@ _EPISODE_QUIET: Final = 30.0
 _EPISODE_FLOOR: Final = 0.25
 # The shortest pause between two wakes of a queue of callers.
 _TICK: Final = 0.005
+# Before any create was answered (adaptive), queued callers are let through in groups,
+# at most this many seconds apart: the pace is still a guess, and the first answer
+# usually comes sooner and says how many the server takes at once.
+_FIRST_GROUP: Final = 0.5
 # Waits shorter than this are rounding errors of the clock arithmetic, not waits.
 _EPSILON: Final = 1e-6
 # The most creates one ``ratelimit-remaining`` header lets through at once.
@@ -178,8 +186,9 @@ class RateLimiter:
         self.granted = 0
         self.throttled = 0
         self.accepted = 0
-        # Creates granted whose answer has not come back (nor ever will).
+        # Creates granted whose answer has not come back (nor ever will), and answers.
         self._outstanding = 0
+        self._answers = 0
         self._grants: collections.deque[float] = collections.deque(maxlen=_HISTORY)
         self._throttles: collections.deque[float] = collections.deque(maxlen=_HISTORY)
         self._last_event: float | None = None
@@ -269,7 +278,7 @@ class RateLimiter:
             if delay > 0:
                 # Not shorter than a tick: at high rates a wake lets several through.
                 with anyio.CancelScope() as self._nap:
-                    await self._sleep(max(delay, _TICK))
+                    await self._sleep(max(delay, self._first_group() or _TICK))
                 self._nap = None
                 continue
             self._release(now)
@@ -285,6 +294,15 @@ class RateLimiter:
 
     def _answered(self) -> None:
         self._outstanding = max(0, self._outstanding - 1)
+        self._answers += 1
+
+    def _first_group(self) -> float:
+        """Before any create was answered (adaptive): seconds until the bucket is full
+        again, at most `_FIRST_GROUP`; else 0.
+        """
+        if self.fixed or self._answers:
+            return 0.0
+        return min(_FIRST_GROUP, (self._capacity - self._tokens) / self._rate)
 
     def on_accepted(self, remaining: float | None = None) -> None:
         """A create was not throttled.

@@ -13,6 +13,7 @@ import datetime as dt
 import functools
 import json
 import math
+from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
@@ -22,7 +23,7 @@ from ._inputs import ModelInput, validate_model_name
 from ._serde import input_payload
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Callable, Mapping
 
 __all__ = ["CreateRequest", "build_create", "input_key"]
 
@@ -61,16 +62,49 @@ class CreateRequest:
         return self.model.partition(":")[0] + "\n" + self.input_json
 
 
-# One encoder each, made once (json.dumps with options makes a new one on every call).
-_SORTED: Final = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-_SORTED_STRICT: Final = json.JSONEncoder(
-    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-)
+def _not_json(value: object) -> object:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def _sorted_encoder(*, allow_nan: bool) -> Callable[[object], str]:
+    """JSON with keys sorted, no spaces, Unicode kept: one text for one value.
+
+    `json.JSONEncoder.encode` builds json's C encoder anew on every call; here it is
+    built once and reused. It keeps no record of the containers it is inside (a record
+    shared between calls would outlive a failed one), so a value that contains itself
+    raises `RecursionError` rather than `ValueError`.
+    """
+    if c_make_encoder is None:  # an interpreter without json's C speedups
+        encoder = json.JSONEncoder(
+            sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=allow_nan
+        )
+        return encoder.encode
+    sort_keys, skip_keys = True, False
+    chunks = c_make_encoder(
+        None,  # no record of enclosing containers (see above)
+        _not_json,
+        encode_basestring,
+        None,  # no indent
+        ":",
+        ",",
+        sort_keys,
+        skip_keys,
+        allow_nan,
+    )
+
+    def encode(value: object) -> str:
+        return "".join(chunks(value, 0))
+
+    return encode
+
+
+_SORTED: Final = _sorted_encoder(allow_nan=True)
+_SORTED_STRICT: Final = _sorted_encoder(allow_nan=False)
 
 
 def _encode(payload: object, *, strict: bool = False) -> str:
     """``payload`` as JSON with its keys sorted: one text for one value."""
-    return (_SORTED_STRICT if strict else _SORTED).encode(payload)
+    return (_SORTED_STRICT if strict else _SORTED)(payload)
 
 
 def input_key(model: str | None, payload: object) -> str:
@@ -110,6 +144,10 @@ def _input_json(payload: dict[str, Any]) -> str:
         except TypeError:
             # Keys of several types cannot be sorted; as JSON they are all strings.
             return _encode(json.loads(json.dumps(payload, allow_nan=False)), strict=True)
+    except RecursionError:
+        raise InputError(
+            "input is not JSON: it contains itself or is nested too deeply", field="input"
+        ) from None
     except (TypeError, ValueError) as exc:
         raise InputError(f"input is not JSON: {exc}", field="input") from None
 

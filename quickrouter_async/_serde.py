@@ -39,6 +39,10 @@ _STRING_FIELDS: Final = (
     "webhook",
 )
 _DICT_FIELDS: Final = ("input", "metrics", "urls")
+_STRING_TYPES: Final = frozenset({str, type(None)})
+_STRING_KEYS: Final = frozenset({str})
+_DICT_TYPES: Final = frozenset({dict, type(None)})
+_from_iso: Final = dt.datetime.fromisoformat
 # The known statuses by value: a dict lookup instead of the enum's call machinery.
 _STATUSES: Final[dict[str, Status]] = {member.value: member for member in Status}
 _KNOWN: Final = frozenset(
@@ -49,14 +53,15 @@ _KNOWN: Final = frozenset(
 )
 
 
-def parse_timestamp(value: object, *, field: str = "timestamp") -> dt.datetime | None:
+def parse_timestamp(value: object, field: str = "timestamp") -> dt.datetime | None:
     """Parse an RFC 3339 timestamp with any number of fractional digits (naive = UTC)."""
-    if value is None or value == "":
-        return None
-    if not isinstance(value, str):
-        raise ProtocolError(f"{field} is not a timestamp string: {value!r:.80}")
+    if value.__class__ is not str or not value:
+        if value is None or value == "":
+            return None
+        if not isinstance(value, str):
+            raise ProtocolError(f"{field} is not a timestamp string: {value!r:.80}")
     try:
-        parsed = dt.datetime.fromisoformat(value)
+        parsed = _from_iso(value)
     except ValueError:
         raise ProtocolError(f"{field} is not an RFC 3339 timestamp: {value!r:.80}") from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
@@ -71,6 +76,14 @@ def _error_text(value: object) -> str | None:
             if isinstance(value.get(key), str):
                 return str(value[key])
     return str(value)
+
+
+def _check_fields(values: tuple[object, ...], names: tuple[str, ...], kind: type) -> None:
+    """Raise `ProtocolError` for the first of ``values`` that is neither None nor ``kind``."""
+    what = "a string" if kind is str else "an object"
+    for name, value in zip(names, values, strict=True):
+        if value is not None and not isinstance(value, kind):
+            raise ProtocolError(f"prediction field {name!r} should be {what}, got {value!r:.80}")
 
 
 def parse_prediction(data: object) -> Prediction:
@@ -92,28 +105,40 @@ def parse_prediction(data: object) -> Prediction:
     data_removed = get("data_removed")
     if data_removed is not None and not isinstance(data_removed, bool):
         raise ProtocolError("prediction field 'data_removed' should be a boolean")
-    fields: dict[str, Any] = {}
-    for key in _STRING_FIELDS:
-        value = get(key)
-        if value is not None and not isinstance(value, str):
-            raise ProtocolError(f"prediction field {key!r} should be a string, got {value!r:.80}")
-        fields[key] = value
-    for key in _DICT_FIELDS:
-        value = get(key)
-        if value is not None and not isinstance(value, dict):
-            raise ProtocolError(f"prediction field {key!r} should be an object, got {value!r:.80}")
-        fields[key] = value
-    for key in _DATETIME_FIELDS:
-        fields[key] = parse_timestamp(get(key), field=key)
+    # The types are checked in one pass each; the field at fault is named only on failure.
+    strings = tuple(map(get, _STRING_FIELDS))
+    if not _STRING_TYPES.issuperset(map(type, strings)):
+        _check_fields(strings, _STRING_FIELDS, str)
+    dicts = tuple(map(get, _DICT_FIELDS))
+    if not _DICT_TYPES.issuperset(map(type, dicts)):
+        _check_fields(dicts, _DICT_FIELDS, dict)
+    model, version, logs, source, deployment, webhook = strings
+    input_, metrics, urls = dicts
+    created_at, started_at, completed_at, deadline = map(
+        parse_timestamp, map(get, _DATETIME_FIELDS), _DATETIME_FIELDS
+    )
+    unknown = data.keys() - _KNOWN
     return Prediction(
         id=pid,
         status=_STATUSES.get(status) or Status(status),
+        model=model,
+        version=version,
+        input=input_,
         output=get("output"),
+        logs=logs,
         error=_error_text(get("error")),
+        created_at=created_at,
+        started_at=started_at,
+        completed_at=completed_at,
         data_removed=data_removed,
+        source=source,
+        metrics=metrics,
+        urls=urls,
+        deadline=deadline,
+        deployment=deployment,
+        webhook=webhook,
         webhook_events_filter=filters,
-        extra={k: v for k, v in data.items() if k not in _KNOWN},
-        **fields,
+        extra={k: v for k, v in data.items() if k in unknown} if unknown else {},
     )
 
 
@@ -157,6 +182,8 @@ def input_payload(value: object) -> dict[str, Any]:
 
     A typed input's ``model`` attribute names the model and is not sent.
     """
+    if type(value) is dict and _STRING_KEYS.issuperset(map(type, value)):
+        return {key: item for key, item in value.items() if item is not None}
     if isinstance(value, Mapping):
         payload: dict[str, Any] = {}
         for key, item in value.items():

@@ -52,6 +52,7 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
     from ._config import RetryPolicy, Timeouts
+    from ._create import Ledger
     from ._ratelimit import CreateLimiter
 
 __all__ = [
@@ -67,6 +68,8 @@ logger = logging.getLogger(__name__)
 _SPECIAL: Final = ("\t", "\r", "\n")
 # Distinct read allowances (``Prefer: wait`` lengths) whose timeouts are kept.
 _TIMEOUTS_KEPT: Final = 128
+# Distinct combinations of extra headers whose merged headers are kept.
+_HEADERS_KEPT: Final = 128
 
 
 class Response(NamedTuple):
@@ -133,6 +136,8 @@ class Transport:
         clock_offset: the server's clock minus this machine's, in seconds, from the
             latest ``Date`` header (None until one arrived).
         create_limiter: paces creates; told of each create's answer.
+        ledger: the ids this client's creates were answered with, and its creates under
+            way (`_create.Ledger`).
     """
 
     def __init__(
@@ -158,6 +163,7 @@ class Transport:
         self._api_headers = RedactedHeaders(self._plain_headers)
         if self._api_key is not None:
             self._api_headers["Authorization"] = f"Bearer {self._api_key.reveal()}"
+        self._merged_headers: dict[tuple[object, ...], RedactedHeaders] = {}
         self._timeout_cache: dict[float, aiohttp.ClientTimeout] = {}
         self._timeout_source: Timeouts | None = None
         self.timeouts = timeouts
@@ -170,6 +176,8 @@ class Transport:
         self.create_limiter: CreateLimiter | None = None
         self.clock_offset: float | None = None
         self._last_date: str | None = None
+        # The creates' ledger (`_create.py`), made on the first create.
+        self.ledger: Ledger | None = None
 
     def __repr__(self) -> str:
         return f"<Transport {self.base_url!r}>"
@@ -244,9 +252,15 @@ class Transport:
     def _headers(
         self, url: str, extra: Mapping[str, str] | None, *, json_body: bool = False
     ) -> RedactedHeaders:
-        base = self._api_headers if self.is_api_url(url) else self._plain_headers
+        api = self.is_api_url(url)
+        base = self._api_headers if api else self._plain_headers
         if not extra and not json_body:
             return base  # never changed after this point: shared by every such request
+        # A bulk job sends the same few combinations over and over: each is built once.
+        key = (api, json_body, *extra.items()) if extra else (api, json_body)
+        headers = self._merged_headers.get(key)
+        if headers is not None:
+            return headers
         headers = RedactedHeaders(base)
         if extra:
             headers.update(extra)
@@ -254,6 +268,8 @@ class Transport:
                 headers["Authorization"] = base["Authorization"]
         if json_body:
             headers["Content-Type"] = "application/json"
+        if len(self._merged_headers) < _HEADERS_KEPT:
+            self._merged_headers[key] = headers
         return headers
 
     def _client_timeout(self, read_extra: float) -> aiohttp.ClientTimeout:

@@ -20,7 +20,7 @@ import pytest
 import quickrouter_async as qr
 from aiohttp import web
 from quickrouter_async._create import (
-    _Ledger,
+    Ledger,
     _ledger,
     _matches,
     build_create,
@@ -445,7 +445,7 @@ async def test_watched_predictions_are_never_attached_to(mini: MiniAPI) -> None:
 
 
 def test_old_claims_are_forgotten() -> None:
-    ledger = _Ledger()
+    ledger = Ledger()
     ledger.claimed["ancient"] = time.monotonic() - 7200
     ledger.claim("fresh")
     ledger.claim("newer")

@@ -14,6 +14,7 @@ and ``quit`` lines on its standard input.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -27,7 +28,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Self
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable, Sequence
+    from collections.abc import Iterable, Iterator, Sequence
     from types import TracebackType
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -153,6 +154,13 @@ class EmulatorProcess:
         stdin.flush()
         return "" if command == "quit" else self._read()
 
+    @property
+    def pid(self) -> int:
+        """The child's process id."""
+        if self._process is None:
+            raise RuntimeError("the emulator process is not running")
+        return self._process.pid
+
     def stats(self) -> dict[str, Any]:
         """What the server saw since the last reset: requests and prediction statuses."""
         return dict(json.loads(self._command("stats")))
@@ -160,6 +168,31 @@ class EmulatorProcess:
     def reset(self) -> None:
         """Forget the requests and predictions seen so far."""
         self._command("reset")
+
+
+@contextlib.contextmanager
+def separate_cores(server: EmulatorProcess) -> Iterator[str]:
+    """Run the emulator on one core and this process on the others, then as before.
+
+    Client CPU is measured with the server on another core, so that neither's time on a
+    shared core (or its caches) is counted against the other; every contender is measured
+    alike. Yields how the cores were split (``"not pinned"`` where the platform cannot
+    pin, or has one core).
+    """
+    getter = getattr(os, "sched_getaffinity", None)
+    setter = getattr(os, "sched_setaffinity", None)
+    cores = sorted(getter(0)) if getter is not None else []
+    if setter is None or len(cores) < 2:
+        yield "not pinned"
+        return
+    setter(server.pid, {cores[-1]})
+    setter(0, set(cores[:-1]))
+    try:
+        yield f"client on core(s) {', '.join(map(str, cores[:-1]))}, emulator on core {cores[-1]}"
+    finally:
+        setter(0, set(cores))
+        with contextlib.suppress(OSError):
+            setter(server.pid, set(cores))
 
 
 # -- the child process ---------------------------------------------------------------------

@@ -8,7 +8,7 @@ Four scenarios, printed as Markdown tables and written to ``benchmarks/results/`
 2. client CPU per prediction at zero server latency: quickrouter_async's ``run_many``, a
    bare aiohttp loop sending the same requests, and replicate-python 1.0.7, each in sync
    mode (``Prefer: wait``) and in poll mode (a fixed 50 ms poll interval), five rounds
-   interleaved, the median shown;
+   interleaved, the median shown, with the emulator on a core of its own;
 3. a server limit of 20 creates/s (burst 10) and 600 inputs with default settings;
 4. a generator of 1,000,000 inputs left with ``break`` after 300 outcomes.
 
@@ -38,6 +38,7 @@ from _common import (
     machine,
     markdown_table,
     raise_open_files_limit,
+    separate_cores,
     write_json,
 )
 
@@ -338,13 +339,17 @@ def main() -> None:
 
     # 2. CPU per prediction
     count, rounds = (500, 1) if quick else (2_000, CPU_ROUNDS)
-    with EmulatorProcess(duration=CPU_DURATION, latency=0.0) as server:
+    with (
+        EmulatorProcess(duration=CPU_DURATION, latency=0.0) as server,
+        separate_cores(server) as cores,
+    ):
         rows = cpu_per_prediction(server, count, rounds)
     results["cpu"] = rows
+    results["cpu_cores"] = cores
     print(
         f"\n## 2. Client CPU per prediction ({count:,} predictions of {CPU_DURATION:g} s, "
         f"concurrency {CPU_CONCURRENCY}, zero server latency; median of {rounds} "
-        "interleaved rounds)\n"
+        f"interleaved rounds; {cores})\n"
     )
     print(markdown_table(rows, rows[0]))
 

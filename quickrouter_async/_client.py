@@ -186,7 +186,10 @@ class QuickRouter:
         return await send_create(self._transport, request)
 
     def _prediction_url(self, prediction_id: str) -> str:
-        return self._transport.url(f"/v1/predictions/{quote(prediction_id, safe='')}")
+        # Ids are letters and digits: quoted only when they are not.
+        plain = prediction_id.isascii() and prediction_id.isalnum()
+        segment = prediction_id if plain else quote(prediction_id, safe="")
+        return self._transport.url(f"/v1/predictions/{segment}")
 
     async def get(self, prediction: Prediction | str) -> Prediction:
         """Fetch a prediction by id (or refresh a `Prediction`)."""

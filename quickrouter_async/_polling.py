@@ -80,6 +80,8 @@ _FINAL_MARGIN: Final = 0.05
 # A create cut short may reach the server after the first lookup: look twice.
 _LOOKUPS: Final = 2
 _LOOKUP_PAUSE: Final = 0.5
+# What a wait without a deadline enters instead of a cancel scope.
+_NO_SCOPE: Final = contextlib.nullcontext()
 _LOOKUP_PAGES: Final = 3
 
 
@@ -134,7 +136,7 @@ async def _follow(
     while not current.status.terminal:
         pushed = push is not None and push.covers(current)
         delay = push.fallback_interval if push and pushed else track.next_delay(hint=hint)
-        now = anyio.current_time()
+        now = time.monotonic()
         margin = max(_FINAL_MARGIN, 2 * latency)
         if not final and now + delay + margin >= deadline:
             # One last look just before the deadline, so a timeout reports what is true.
@@ -145,9 +147,9 @@ async def _follow(
         else:
             if not pushed:
                 await anyio.sleep(delay)
-            sent = anyio.current_time()
+            sent = time.monotonic()
             latest, headers = await fetch(current.id)
-            latency = anyio.current_time() - sent
+            latency = time.monotonic() - sent
             hint = retry_after(headers)
         track.update(latest)
         if not latest.status.known:
@@ -195,7 +197,7 @@ async def _create(
     sync = schedule.policy.sync_wait
     wait = None if sync is None else math.ceil(sync)
     if wait is not None and deadline < math.inf:
-        wait = min(wait, math.floor(deadline - anyio.current_time() - _SYNC_MARGIN))
+        wait = min(wait, math.floor(deadline - time.monotonic() - _SYNC_MARGIN))
     headers = {k: v for k, v in request.headers.items() if k.lower() != "prefer"}
     if wait is not None and wait >= 1:
         headers["Prefer"] = f"wait={wait}"
@@ -274,7 +276,7 @@ async def wait_for(
         fetch: gets a prediction by id, with the answer's headers.
         schedule: the client's schedule.
         transport: sends a create request, and looks up what an abandoned one made.
-        deadline: when to stop, on the `anyio.current_time` clock.
+        deadline: when to stop, on the `time.monotonic` clock (asyncio's loop clock).
         give_up: cancels a prediction by id; called (shielded, within `CANCEL_GRACE`)
             when the wait ends without a terminal prediction. None leaves it running.
         push: webhook snapshots to wait on instead of polling, if any.
@@ -282,7 +284,7 @@ async def wait_for(
     Raises:
         WaitTimeout: the deadline passed; it carries the last prediction seen.
     """
-    started = anyio.current_time()
+    started = time.monotonic()
     state = _Wait()
     if isinstance(first, Prediction):
         state.prediction_id, state.last = first.id, first
@@ -291,7 +293,9 @@ async def wait_for(
     watched_from: float | None = None
     finished = False  # the wait saw a terminal prediction
     try:
-        with anyio.CancelScope(deadline=deadline):
+        # A scope with no deadline would cost more than all else a fast wait does.
+        scope = anyio.CancelScope(deadline=deadline) if deadline < math.inf else _NO_SCOPE
+        with scope:
             if isinstance(first, CreateRequest):
                 first = await _create(first, transport, schedule, deadline, state)
                 watched_from = 0.0

@@ -79,6 +79,11 @@ def _lower_edge(index: int) -> float:
     return 0.0 if index == 0 else _FLOOR * _RATIO ** (index - 1)
 
 
+# Every bin's lower edge, and the upper edge of the last: looked up, not computed, when
+# the time a prediction was watched is spread over the bins.
+_EDGES: Final = tuple(_lower_edge(index) for index in range(_MAX_BIN + 2))
+
+
 def _prior(low: float, high: float) -> tuple[float, float]:
     """The prior's pseudo-events and pseudo-exposure (seconds at risk) in [low, high)."""
     c = PRIOR_SCALE
@@ -207,14 +212,16 @@ class DurationSummary:
         if not end > start:
             return
         index = _bin_of(start)
-        exposure, scale = self._exposure, self._scale
+        exposure, scale, edges = self._exposure, self._scale, _EDGES
+        low = max(start, edges[index])
         while True:
-            low, high = _lower_edge(index), _lower_edge(index + 1)
-            seconds = min(end, high) - max(start, low)
-            exposure[index] = exposure.get(index, 0.0) + scale * seconds
+            high = edges[index + 1]
             if end <= high or index >= _MAX_BIN:
+                exposure[index] = exposure.get(index, 0.0) + scale * (end - low)
                 return
+            exposure[index] = exposure.get(index, 0.0) + scale * (high - low)
             index += 1
+            low = high
 
     def finish(self, duration: float, *, watched_from: float = 0.0) -> None:
         """Learn that a prediction finished at age ``duration``.
@@ -345,13 +352,20 @@ class Schedule:
 
 
 class Track:
-    """One prediction being waited on: its age, how long it was watched, its next poll."""
+    """One prediction being waited on: its age, how long it was watched, its next poll.
+
+    With a fixed `PollPolicy.interval` nothing is learned: the schedule is not used.
+    """
 
     def __init__(self, schedule: Schedule, prediction: Prediction, watched_from: float | None):
         self.schedule = schedule
-        self.summary = schedule.summary(prediction.model or prediction.version or "")
         self.prediction = prediction
         self.polls = 0
+        self.watched = 0.0
+        self._learning = schedule.policy.interval is None
+        if not self._learning:
+            return
+        self.summary = schedule.summary(prediction.model or prediction.version or "")
         self._first_seen = time.monotonic()
         self._anchored = prediction.created_at is not None
         now = schedule.clock()
@@ -386,6 +400,9 @@ class Track:
     def update(self, prediction: Prediction) -> None:
         """Take in the answer to a poll."""
         self.polls += 1
+        if not self._learning:
+            self.prediction = prediction
+            return
         now = self.schedule.clock()
         self.schedule.observe(prediction, now)
         self._take(prediction, now)

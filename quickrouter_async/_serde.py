@@ -117,7 +117,7 @@ def parse_prediction(data: object) -> Prediction:
     created_at, started_at, completed_at, deadline = map(
         parse_timestamp, map(get, _DATETIME_FIELDS), _DATETIME_FIELDS
     )
-    unknown = data.keys() - _KNOWN
+    unknown = () if _KNOWN.issuperset(data) else data.keys() - _KNOWN
     return Prediction(
         id=pid,
         status=_STATUSES.get(status) or Status(status),

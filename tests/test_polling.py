@@ -321,6 +321,24 @@ def test_a_track_learns_durations_from_server_times() -> None:
     assert track.polls == 1
 
 
+def test_a_fixed_interval_learns_nothing() -> None:
+    schedule = Schedule(qr.PollPolicy(interval=0.5))
+    start = prediction("starting", age=0.0)
+    track = schedule.track(start, watched_from=0.0)
+    created = start.created_at
+    assert created is not None
+    track.update(prediction("processing", created_at=created))
+    done = prediction(
+        "succeeded", created_at=created, completed_at=created + dt.timedelta(seconds=2.0)
+    )
+    track.update(done)
+    assert track.polls == 2
+    assert track.prediction is done
+    assert track.next_delay() == 0.5
+    assert schedule.summary(MODEL).weight == 0, "the schedule is not used: nothing learned"
+    assert schedule.offset is None
+
+
 def test_canceled_predictions_teach_nothing() -> None:
     schedule = Schedule(qr.PollPolicy())
     track = schedule.track(prediction("processing"))

@@ -60,6 +60,7 @@ __all__ = [
 ]
 
 REDACTED: Final = "[redacted]"
+_REDACTED_BYTES: Final = REDACTED.encode()
 MAX_BODY_BYTES: Final = 16 * 1024 * 1024
 _ERROR_BODY_BYTES: Final = 65536
 _CHUNK: Final = 65536
@@ -248,7 +249,7 @@ def redirect_error(
 class Secret:
     """The API key: its repr and str never show it, and it cannot be pickled."""
 
-    __slots__ = ("_value",)
+    __slots__ = ("_bytes", "_value")
 
     def __init__(self, value: str) -> None:
         if not (value.isascii() and value.isprintable()) or any(c.isspace() for c in value):
@@ -258,6 +259,7 @@ class Secret:
                 field="api_key",
             )
         self._value = value
+        self._bytes = value.encode()
 
     def reveal(self) -> str:
         """The key itself, for the ``Authorization`` header only."""
@@ -265,8 +267,8 @@ class Secret:
 
     def scrub(self, data: bytes) -> bytes:
         """``data`` with the key replaced wherever it occurs (a server may echo it)."""
-        key = self._value.encode()
-        return data.replace(key, REDACTED.encode()) if key in data else data
+        key = self._bytes
+        return data.replace(key, _REDACTED_BYTES) if key in data else data
 
     def __repr__(self) -> str:
         return "'***'"

@@ -182,7 +182,12 @@ async def test_a_refused_create_is_never_looked_up(emulator: Emulator) -> None:
 
 
 def test_an_input_that_is_not_json_is_refused_before_sending() -> None:
-    for bad in ({"prompt": float("nan")}, {"prompt": object()}):
+    looped: dict[str, object] = {"prompt": "x"}
+    looped["self"] = looped
+    deep: object = "x"
+    for _ in range(5000):
+        deep = [deep]
+    for bad in ({"prompt": float("nan")}, {"prompt": object()}, looped, {"prompt": deep}):
         with pytest.raises(qr.InputError, match="not JSON"):
             build_create(
                 MODEL,

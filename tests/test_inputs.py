@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import MappingProxyType
+
 import attrs
 import pytest
 import quickrouter_async as qr
@@ -184,6 +186,10 @@ def test_seedream_payload_round_trips_or_names_the_rule(
 
 def test_mappings_pass_through_without_none() -> None:
     assert input_payload({"prompt": "x", "seed": None, "steps": 4}) == {"prompt": "x", "steps": 4}
+    frozen = MappingProxyType({"prompt": "x", "seed": None})
+    assert input_payload(frozen) == {"prompt": "x"}
+    with pytest.raises(qr.InputError, match="keys"):
+        input_payload(MappingProxyType({2: None}))
     with pytest.raises(qr.InputError, match="keys"):
         input_payload({1: "x"})
     with pytest.raises(qr.InputError, match="typed input or a mapping"):

@@ -107,6 +107,32 @@ def test_error_objects_become_text() -> None:
     assert parse_prediction({"id": "a", "status": "failed", "error": ["x"]}).error == "['x']"
 
 
+class Text(str):
+    """A string of another type, as a caller's own mapping may hold."""
+
+
+def test_fields_of_subclassed_types_are_accepted() -> None:
+    body = {
+        "id": "a",
+        "status": "processing",
+        "model": Text("google/imagen-4"),
+        "input": {"prompt": "x"},
+        "created_at": Text("2025-01-02T03:04:05.5Z"),
+    }
+    prediction = parse_prediction(body)
+    assert prediction.model == "google/imagen-4"
+    assert prediction.created_at == dt.datetime(2025, 1, 2, 3, 4, 5, 500000, tzinfo=dt.UTC)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "what"),
+    [("version", 7, "a string"), ("webhook", ["x"], "a string"), ("urls", "x", "an object")],
+)
+def test_a_field_of_the_wrong_type_is_named(field: str, value: object, what: str) -> None:
+    with pytest.raises(qr.ProtocolError, match=f"'{field}' should be {what}"):
+        parse_prediction({"id": "a", "status": "starting", field: value})
+
+
 @pytest.mark.parametrize(
     "body",
     [

@@ -813,3 +813,35 @@ class Proxy:
         return web.Response(
             status=status, body=body, content_type="application/json", headers=extra
         )
+
+
+async def test_each_combination_of_create_headers_is_sent_as_given(
+    emulator: Emulator, client: qr.QuickRouter
+) -> None:
+    # The merged headers of a create are built once per combination and reused.
+    creates = [
+        {"wait": False, "cancel_after": None},
+        {"wait": False, "cancel_after": 30},
+        {"wait": 5, "cancel_after": 30},
+        {"wait": False, "cancel_after": 45},
+        {"wait": False, "cancel_after": 30},
+        {"wait": False, "cancel_after": None},
+    ]
+    for options in creates:
+        await client.create("google/imagen-4", {"prompt": "x"}, **options)
+    seen = [
+        (record.create_headers.get("prefer"), record.create_headers.get("cancel-after"))
+        for record in emulator.predictions
+    ]
+    assert seen == [
+        (None, None),
+        (None, "30s"),
+        ("wait=5", "30s"),
+        (None, "45s"),
+        (None, "30s"),
+        (None, None),
+    ]
+    assert all(
+        record.create_headers.get("content-type") == "application/json"
+        for record in emulator.predictions
+    )

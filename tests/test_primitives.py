@@ -15,6 +15,7 @@ import anyio.lowlevel
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from quickrouter_async import _request
 from quickrouter_async._channel import Channel
 from quickrouter_async._create import build_create, input_key
 from quickrouter_async._slots import Slots
@@ -221,3 +222,23 @@ def test_a_create_sends_its_input_as_json_and_keys_it_as_the_server_echoes_it(
     assert request.input == expected
     # The key of the prediction the server echoes back equals the create's own.
     assert input_key("acme/model:v1", sent["input"]) == request.key
+
+
+def _json_dumps_sorted(payload: object) -> str:
+    return json.dumps(
+        payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+
+
+@given(payload=st.dictionaries(st.text(max_size=8), json_values, max_size=5))
+def test_the_reused_encoder_writes_what_json_dumps_writes(payload: dict[str, object]) -> None:
+    assert _request._sorted_encoder(allow_nan=False)(payload) == _json_dumps_sorted(payload)
+
+
+def test_without_json_s_c_encoder_the_text_is_the_same(monkeypatch: pytest.MonkeyPatch) -> None:
+    payload = {"z": [1, 2.5, None, True], "a": {"é": "日本", "b": {"c": []}}, "m": "line\n"}
+    monkeypatch.setattr(_request, "c_make_encoder", None)
+    encode = _request._sorted_encoder(allow_nan=False)
+    assert encode(payload) == _json_dumps_sorted(payload)
+    with pytest.raises(ValueError, match="Out of range"):
+        encode({"x": float("nan")})

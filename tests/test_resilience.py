@@ -452,10 +452,11 @@ async def test_watched_predictions_are_never_attached_to(mini: MiniAPI) -> None:
 def test_old_claims_are_forgotten() -> None:
     ledger = Ledger()
     ledger.claimed["ancient"] = time.monotonic() - 7200
+    ledger.claimed["recent"] = time.monotonic() - 60
     ledger.claim("fresh")
     ledger.claim("newer")
     ledger.claim("fresh")
-    assert list(ledger.claimed) == ["newer", "fresh"]
+    assert list(ledger.claimed) == ["recent", "newer", "fresh"]
 
 
 @pytest.mark.parametrize(

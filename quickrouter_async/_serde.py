@@ -42,7 +42,6 @@ _DICT_FIELDS: Final = ("input", "metrics", "urls")
 _STRING_TYPES: Final = frozenset({str, type(None)})
 _STRING_KEYS: Final = frozenset({str})
 _DICT_TYPES: Final = frozenset({dict, type(None)})
-_from_iso: Final = dt.datetime.fromisoformat
 # The known statuses by value: a dict lookup instead of the enum's call machinery.
 _STATUSES: Final[dict[str, Status]] = {member.value: member for member in Status}
 _KNOWN: Final = frozenset(
@@ -55,13 +54,12 @@ _KNOWN: Final = frozenset(
 
 def parse_timestamp(value: object, field: str = "timestamp") -> dt.datetime | None:
     """Parse an RFC 3339 timestamp with any number of fractional digits (naive = UTC)."""
-    if value.__class__ is not str or not value:
-        if value is None or value == "":
-            return None
-        if not isinstance(value, str):
-            raise ProtocolError(f"{field} is not a timestamp string: {value!r:.80}")
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str):
+        raise ProtocolError(f"{field} is not a timestamp string: {value!r:.80}")
     try:
-        parsed = _from_iso(value)
+        parsed = dt.datetime.fromisoformat(value)
     except ValueError:
         raise ProtocolError(f"{field} is not an RFC 3339 timestamp: {value!r:.80}") from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)

@@ -29,9 +29,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from _common import EmulatorCommand
+from _common import ROOT, EmulatorCommand
 
-ROOT = Path(__file__).resolve().parents[1]
 API_KEY = "kill-resume-key"
 MODEL = "google/imagen-4"
 

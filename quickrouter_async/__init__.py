@@ -9,6 +9,7 @@ Typical use::
         print(prediction.output)
 """
 
+from ._capabilities import Capabilities
 from ._client import QuickRouter
 from ._config import PollPolicy, RetryPolicy, Timeouts
 from ._errors import (
@@ -36,6 +37,7 @@ from ._errors import (
 from ._fanout import Progress
 from ._inputs import Imagen4Input, ModelInput, Seedream4Input
 from ._models import Outcome, Prediction, PredictionPage, Status
+from ._ratelimit import CreateLimiter
 from ._receiver import WebhookReceiver
 from ._version import __version__
 from ._webhooks import verify_webhook
@@ -44,7 +46,9 @@ __all__ = [
     "APIError",
     "AuthenticationError",
     "BadRequestError",
+    "Capabilities",
     "CreateInDoubt",
+    "CreateLimiter",
     "Imagen4Input",
     "InputError",
     "InvalidInputError",

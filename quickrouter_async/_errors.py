@@ -23,8 +23,9 @@ Every error the library raises on purpose derives from `QuickRouterError`::
     ├── WaitTimeout (.prediction)          the deadline of wait()/run() passed
     └── WebhookVerificationError           a webhook failed signature checks
 
-Messages never contain the API key: the transport builds them from the answer's body
-(with any echo of the key replaced) and the request's method and path only.
+Messages never contain the API key: they are built from the answer's body (with any echo
+of the key replaced) and the request's method and path only, and no exception of the HTTP
+library (whose request details hold the key) is ever chained as a cause or context.
 """
 
 from __future__ import annotations
@@ -155,7 +156,15 @@ class RateLimitError(APIError):
 
     ``retry_after`` is the wait the server asked for, read from ``Retry-After``, the
     body's ``retry_after``, the "resets in ~30s" detail or ``ratelimit-reset``.
+
+    Attributes:
+        remaining: the answer's ``ratelimit-remaining``, when it had one: above 0, the
+            refusal was not caused by the pace of requests.
     """
+
+    def __init__(self, message: str, *, remaining: float | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.remaining = remaining
 
 
 class ServerError(APIError):
@@ -180,11 +189,12 @@ class RequestTimeout(TransportError):
 
 
 class CreateInDoubt(TransportError):
-    """A create may or may not have produced a prediction, and looking it up failed.
+    """A create may or may not have produced a prediction, and it could not be looked up.
 
-    The prediction may exist on the server and may be billed. Look it up with
-    ``client.list_predictions()`` before sending the input again. The error that made
-    the create doubtful is its ``__cause__``.
+    The prediction may exist on the server and may be billed. Where the server lists
+    predictions, look it up with ``client.list_predictions()`` before sending the input
+    again; ``RetryPolicy(in_doubt="resend")`` sends such creates again by itself, at the
+    risk of paying twice. The error that made the create doubtful is its ``__cause__``.
 
     Attributes:
         model: the model the create was for.

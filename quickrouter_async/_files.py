@@ -22,7 +22,7 @@ from urllib.parse import unquote_to_bytes, urlsplit
 
 import anyio
 
-from ._errors import InputError, ProtocolError, TransportError
+from ._errors import InputError, ProtocolError
 from ._models import Outcome, Prediction
 
 if TYPE_CHECKING:
@@ -140,17 +140,11 @@ async def _save(
 async def _save_with_retries(
     transport: Transport, url: str, folder: Path, stem: tuple[str, int], max_bytes: int
 ) -> Path:
-    retry = transport.retry
-    for attempt in range(1, retry.attempts + 1):
-        try:
-            return await _save(transport, url, folder, stem, max_bytes)
-        except TransportError as exc:
-            if attempt == retry.attempts:
-                raise
-            delay = retry.backoff_ceiling(attempt)
-            logger.info("retrying download of output %d in %.2fs: %s", stem[1], delay, exc)
-            await anyio.sleep(delay)
-    raise AssertionError("unreachable")  # pragma: no cover
+    return await transport.retrying(
+        lambda: _save(transport, url, folder, stem, max_bytes),
+        retry_on=transport.transient,
+        what=lambda: f"download of output {stem[1]}",
+    )
 
 
 async def download_outputs(

@@ -108,7 +108,8 @@ class PushHub:
     """Where webhooks meet waits: the latest snapshot per prediction, and who waits for it.
 
     The poll loop of a client with a receiver calls `next` instead of sleeping; the
-    receiver calls `publish` for each verified webhook.
+    receiver calls `publish` for each verified webhook. While no webhook arrives where
+    one was due (`silent`), `covers` is False and the waits poll as without a hub.
     """
 
     def __init__(self, *, fallback_interval: float, remember: int) -> None:
@@ -214,7 +215,9 @@ class WebhookReceiver:
         secret: the ``whsec_...`` signing secret; None fetches it through ``client``.
         tolerance: the largest age of a webhook's timestamp, in seconds; None skips it.
         fallback_interval: seconds without a webhook after which a waiting call polls
-            once, in case a webhook was lost.
+            once, in case a webhook was lost (10 by default). A quiet period with no
+            webhook at all logs one WARNING naming the webhook URL; the waits then poll
+            on the client's schedule until a webhook arrives.
         remember: how many webhook ids (for duplicates) and predictions (for
             out-of-order webhooks) are remembered.
 

@@ -150,7 +150,7 @@ def first_prediction(emulator: Emulator) -> PredictionRecord | None:
 @APPS
 async def test_the_app_answers_as_its_docs_say(app: str) -> None:
     async with Emulator(duration=0.05, seed=21, fail_prompts=["forbidden"]) as emulator:
-        async with serve(app, emulator, GENERATE_TIMEOUT="3") as served:
+        async with serve(app, emulator, GENERATE_TIMEOUT="5") as served:
             assert served.url is not None
             url = served.url
             # Three at once, each completed by its webhook: no polls.

@@ -370,3 +370,11 @@ async def test_a_secret_answer_without_a_key_answers_500() -> None:
         ):
             assert await send(client._transport.session, url, signed()) == 500
         assert server.count("GET", SECRET_PATH) == 1
+
+
+async def test_a_wait_is_not_woken_by_news_older_than_it_has() -> None:
+    hub = qr.WebhookReceiver(secret=SECRET).hub
+    hub.publish(qr.Prediction(id="p", status=qr.Status.STARTING, webhook="http://h/"))
+    seen = qr.Prediction(id="p", status=qr.Status.PROCESSING, webhook="http://h/")
+    assert await hub.next(seen, 0.01) is None  # the polled snapshot is further along
+    assert not hub.silent  # a webhook did come for it

@@ -35,6 +35,7 @@ from ._errors import (
 )
 from ._fanout import Progress
 from ._inputs import Imagen4Input, ModelInput, Seedream4Input
+from ._interrupt import cancel_on_interrupt
 from ._models import Outcome, Prediction, PredictionPage, Status
 from ._receiver import WebhookReceiver
 from ._version import __version__
@@ -75,5 +76,6 @@ __all__ = [
     "WebhookReceiver",
     "WebhookVerificationError",
     "__version__",
+    "cancel_on_interrupt",
     "verify_webhook",
 ]

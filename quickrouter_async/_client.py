@@ -21,6 +21,7 @@ from ._create import build_create, send_create
 from ._errors import AuthenticationError, InputError, WaitTimeout
 from ._fanout import Run
 from ._files import DEFAULT_MAX_BYTES, download_outputs, prediction_of
+from ._interrupt import interruptible
 from ._models import Outcome, Prediction
 from ._polling import Push, Schedule, cancel_quietly, raise_for_outcome, wait_for, watch
 from ._ratelimit import RateLimiter
@@ -252,6 +253,7 @@ class QuickRouter:
         async for snapshot in watch(start, self._poll, self._schedule, push=self._push):
             yield snapshot
 
+    @interruptible  # the stop button of a notebook ends the wait (_interrupt.py)
     async def wait(
         self,
         prediction: Prediction | str,
@@ -283,6 +285,7 @@ class QuickRouter:
             push=self._push,
         )
 
+    @interruptible  # the stop button of a notebook ends the wait (_interrupt.py)
     async def run(
         self,
         model_or_input: str | ModelInput,

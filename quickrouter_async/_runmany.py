@@ -18,6 +18,7 @@ import anyio
 
 from ._errors import InputError
 from ._fanout import RUNNING, SHUTDOWN_GRACE, Progress, Run
+from ._interrupt import interruptible
 from ._models import InputT
 
 if TYPE_CHECKING:
@@ -78,6 +79,10 @@ class RunMany(Generic[InputT]):
         run = self._run
         if run is not None and run.window is None and run.outcomes.ready and not self._closed:
             return run.outcomes.pop()  # one is ready: taken without awaiting anything
+        return await self._wait_next()
+
+    @interruptible  # the stop button of a notebook ends the wait (_interrupt.py)
+    async def _wait_next(self) -> Outcome[InputT]:
         if self._closed:
             raise StopAsyncIteration
         run = self._start()

@@ -34,6 +34,7 @@ from ._errors import (
     WebhookVerificationError,
 )
 from ._fanout import Progress
+from ._gallery import Gallery, gallery
 from ._inputs import Imagen4Input, ModelInput, Seedream4Input
 from ._interrupt import cancel_on_interrupt
 from ._models import Outcome, Prediction, PredictionPage, Status
@@ -46,6 +47,7 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "CreateInDoubt",
+    "Gallery",
     "Imagen4Input",
     "InputError",
     "InvalidInputError",
@@ -77,5 +79,6 @@ __all__ = [
     "WebhookVerificationError",
     "__version__",
     "cancel_on_interrupt",
+    "gallery",
     "verify_webhook",
 ]

@@ -24,6 +24,7 @@ from ._files import DEFAULT_MAX_BYTES, download_outputs, prediction_of
 from ._interrupt import interruptible
 from ._models import Outcome, Prediction
 from ._polling import Push, Schedule, cancel_quietly, raise_for_outcome, wait_for, watch
+from ._progressbar import progress_display
 from ._ratelimit import RateLimiter
 from ._runmany import RunMany, check_inputs, concurrency_of
 from ._serde import parse_page, parse_prediction
@@ -344,7 +345,7 @@ class QuickRouter:
         concurrency: int | None = None,
         ordered: bool = False,
         timeout: Duration | None = None,
-        progress: ProgressCallback | None = None,
+        progress: ProgressCallback | bool | None = None,
     ) -> RunMany[InputT]:
         """Run many predictions at once, yielding an `Outcome` for each input.
 
@@ -370,12 +371,15 @@ class QuickRouter:
             timeout: the deadline of each prediction, in seconds; past it the
                 prediction is canceled and its outcome has a `WaitTimeout`.
             progress: called with a `Progress` snapshot each time an input starts or
-                finishes (also readable as the result's ``progress``).
+                finishes (also readable as the result's ``progress``); True draws a
+                progress bar (``tqdm.auto``, the ``progress`` extra) of finished inputs,
+                out of ``len(inputs)`` when the inputs have a length.
 
         Raises:
-            InputError: ``inputs`` is not an iterable, or ``concurrency`` or ``timeout``
-                is invalid.
+            InputError: ``inputs`` is not an iterable, or ``concurrency``, ``timeout`` or
+                ``progress`` is invalid.
             AuthenticationError: the client has no API key.
+            ImportError: ``progress=True`` and tqdm is not installed.
         """
         check_inputs(inputs)
         limit = concurrency_of(concurrency, self.max_concurrency)
@@ -391,7 +395,7 @@ class QuickRouter:
                 concurrency=limit,
                 ordered=ordered,
                 timeout=seconds,
-                progress=progress,
+                progress=progress_display(progress=progress, inputs=inputs),
             )
         )
 

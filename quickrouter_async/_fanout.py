@@ -32,6 +32,7 @@ from ._create import CLOCK_SKEW, CreateRequest, build_create, send_create
 from ._errors import InputError, PredictionCanceled, PredictionError, WaitTimeout
 from ._models import InputT, Outcome
 from ._polling import cancel_quietly, raise_for_outcome
+from ._progressbar import close_progress
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
@@ -200,6 +201,7 @@ class Run(Generic[InputT]):
             except Exception as exc:  # noqa: BLE001 (cleanup is best effort; say what failed)
                 logger.warning("run_many: could not look up creates cut short: %s", exc)
             finally:
+                close_progress(self.callback)
                 self.outcomes.end()
                 self.finished.set()
 

@@ -112,6 +112,10 @@ async def _interrupt_cell(kernel: Kernel, emulator: Emulator, code: str, predict
     before = len(emulator.predictions)
     msg_id = kernel.client.execute(code)
     await kernel.until_printed(msg_id, "waiting")
+    # The clock starts once the server has the predictions (it has no event for that).
+    with anyio.fail_after(STARTUP):
+        while len(emulator.predictions) < before + predictions:  # noqa: ASYNC110
+            await anyio.sleep(0.01)
     await anyio.sleep(INTERRUPT_AFTER)
     # The interrupt must land while the predictions run, or the test shows nothing.
     records = emulator.predictions[before:]

@@ -35,7 +35,9 @@ from ._errors import (
     WebhookVerificationError,
 )
 from ._fanout import Progress
+from ._gallery import Gallery, gallery
 from ._inputs import Imagen4Input, ModelInput, Seedream4Input
+from ._interrupt import cancel_on_interrupt
 from ._models import Outcome, Prediction, PredictionPage, Status
 from ._ratelimit import CreateLimiter
 from ._receiver import WebhookReceiver
@@ -49,6 +51,7 @@ __all__ = [
     "Capabilities",
     "CreateInDoubt",
     "CreateLimiter",
+    "Gallery",
     "Imagen4Input",
     "InputError",
     "InvalidInputError",
@@ -79,5 +82,7 @@ __all__ = [
     "WebhookReceiver",
     "WebhookVerificationError",
     "__version__",
+    "cancel_on_interrupt",
+    "gallery",
     "verify_webhook",
 ]

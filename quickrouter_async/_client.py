@@ -25,6 +25,7 @@ from ._create import Creates
 from ._errors import APIError, AuthenticationError, InputError, NotFoundError
 from ._fanout import Run
 from ._files import DEFAULT_MAX_BYTES, download_outputs, prediction_of
+from ._interrupt import interruptible
 from ._models import Outcome, Prediction
 from ._polling import (
     Push,
@@ -35,6 +36,7 @@ from ._polling import (
     wait_for,
     watch,
 )
+from ._progressbar import progress_display
 from ._ratelimit import RateLimiter
 from ._request import build_create, prediction_path
 from ._runmany import RunMany, check_inputs, concurrency_of
@@ -353,6 +355,7 @@ class QuickRouter:
         async for snapshot in watch(start, self._poll, self._schedule, push=self._push):
             yield snapshot
 
+    @interruptible  # the stop button of a notebook ends the wait (_interrupt.py)
     async def wait(
         self,
         prediction: Prediction | str,
@@ -385,6 +388,7 @@ class QuickRouter:
             push=self._push,
         )
 
+    @interruptible  # the stop button of a notebook ends the wait (_interrupt.py)
     async def run(
         self,
         model_or_input: str | ModelInput,
@@ -454,7 +458,7 @@ class QuickRouter:
         concurrency: int | None = None,
         ordered: bool = False,
         timeout: Duration | None = DEFAULT_RUN_TIMEOUT,
-        progress: ProgressCallback | None = None,
+        progress: ProgressCallback | bool | None = None,
     ) -> RunMany[InputT]:
         """Run many predictions at once, yielding an `Outcome` for each input.
 
@@ -481,12 +485,15 @@ class QuickRouter:
                 minutes, as `run`); past it the prediction is canceled and its outcome
                 has a `WaitTimeout`. Each create carries it as ``Cancel-After``.
             progress: called with a `Progress` snapshot each time an input starts or
-                finishes (also readable as the result's ``progress``).
+                finishes (also readable as the result's ``progress``); True draws a
+                progress bar (``tqdm.auto``, the ``progress`` extra) of finished inputs,
+                out of ``len(inputs)`` when the inputs have a length.
 
         Raises:
-            InputError: ``inputs`` is not an iterable, or ``concurrency`` or ``timeout``
-                is invalid.
+            InputError: ``inputs`` is not an iterable, or ``concurrency``, ``timeout`` or
+                ``progress`` is invalid.
             AuthenticationError: the client has no API key.
+            ImportError: ``progress=True`` and tqdm is not installed.
         """
         check_inputs(inputs)
         limit = concurrency_of(concurrency, self.max_concurrency)
@@ -502,7 +509,7 @@ class QuickRouter:
                 concurrency=limit,
                 ordered=ordered,
                 timeout=seconds,
-                progress=progress,
+                progress=progress_display(progress=progress, inputs=inputs),
             )
         )
 

@@ -31,6 +31,7 @@ import attrs
 from ._errors import InputError, PredictionCanceled, PredictionError, WaitTimeout
 from ._models import InputT, Outcome
 from ._polling import raise_for_outcome
+from ._progressbar import close_progress
 from ._request import build_create
 
 if TYPE_CHECKING:
@@ -191,6 +192,7 @@ class Run(Generic[InputT]):
                     self.group = group
                     self._add_worker()
         finally:
+            close_progress(self.callback)
             self.sending.close()
             self.finished.set()
 

@@ -18,6 +18,7 @@ import anyio
 
 from ._errors import InputError
 from ._fanout import RUNNING, SHUTDOWN_GRACE, Progress, Run
+from ._interrupt import interruptible
 from ._models import InputT
 
 if TYPE_CHECKING:
@@ -74,6 +75,7 @@ class RunMany(Generic[InputT]):
     def __aiter__(self) -> Self:
         return self
 
+    @interruptible  # the stop button of a notebook ends the wait (_interrupt.py)
     async def __anext__(self) -> Outcome[InputT]:
         if self._closed:
             raise StopAsyncIteration

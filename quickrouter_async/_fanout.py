@@ -30,6 +30,7 @@ import attrs
 from ._channel import Channel
 from ._create import CLOCK_SKEW, CreateRequest, build_create, send_create
 from ._errors import InputError, PredictionCanceled, PredictionError, WaitTimeout
+from ._local_files import read_local_files
 from ._models import InputT, Outcome
 from ._polling import cancel_quietly, raise_for_outcome
 
@@ -300,7 +301,7 @@ class Run(Generic[InputT]):
     async def _outcome(self, index: int, item: InputT) -> Outcome[InputT]:
         prediction: Prediction | None = None
         try:
-            model_or_input, payload = _arguments(item)
+            model_or_input, payload = await read_local_files(*_arguments(item))
             deadline = None if self.timeout is None else time.monotonic() + self.timeout
             request = build_create(
                 model_or_input,

@@ -41,7 +41,7 @@ from ._errors import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Mapping
+    from collections.abc import AsyncIterator, Mapping, Sequence
 
 __all__ = [
     "MAX_BODY_BYTES",
@@ -343,14 +343,25 @@ def decode_json(raw: bytes, status: int, where: object) -> Any:
 
 @contextlib.asynccontextmanager
 async def open_file(
-    session: aiohttp.ClientSession, url: str, timeout: aiohttp.ClientTimeout
+    session: aiohttp.ClientSession,
+    url: str,
+    timeout: aiohttp.ClientTimeout,
+    middlewares: Sequence[aiohttp.ClientMiddlewareType] = (),
 ) -> AsyncIterator[tuple[str | None, AsyncIterator[bytes]]]:
-    """GET an output file without the key: its content type and its chunks."""
+    """GET an output file without the key: its content type and its chunks.
+
+    ``middlewares`` see each hop (the URL and each redirect) before it is sent.
+    """
     path = urlsplit(url).path
     async with contextlib.AsyncExitStack() as stack:
         try:
             answer = await stack.enter_async_context(
-                session.get(url, headers={"Accept": "*/*"}, timeout=timeout)
+                session.get(
+                    url,
+                    headers={"Accept": "*/*"},
+                    timeout=timeout,
+                    middlewares=tuple(middlewares) or None,
+                )
             )
             if answer.status >= 400:
                 raw = await answer.content.read(4096)

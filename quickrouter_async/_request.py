@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
-from ._errors import InputError
+from ._errors import InputError, short_repr
 from ._inputs import ModelInput, validate_model_name
 from ._serde import input_payload
 
@@ -122,7 +122,9 @@ def _sync_wait(wait: bool | float | None) -> int | None:  # noqa: FBT001 (mirror
     value: object = wait
     if isinstance(value, int | float) and 1 <= value <= 60:
         return math.ceil(value)
-    raise InputError(f"wait must be True, False or 1-60 seconds, got {wait!r}", field="wait")
+    raise InputError(
+        f"wait must be True, False or 1-60 seconds, got {short_repr(wait)}", field="wait"
+    )
 
 
 def _cancel_after(value: float | dt.timedelta | str | None) -> str | None:
@@ -149,7 +151,7 @@ def _input_json(payload: dict[str, Any]) -> str:
             "input is not JSON: it contains itself or is nested too deeply", field="input"
         ) from None
     except (TypeError, ValueError) as exc:
-        raise InputError(f"input is not JSON: {exc}", field="input") from None
+        raise InputError(f"input is not JSON: {short_repr(str(exc))}", field="input") from None
 
 
 def _body(input_json: str, fields: dict[str, Any]) -> bytes:
@@ -191,7 +193,7 @@ def build_create(
     if isinstance(model_or_input, str):
         model = _model_name(model_or_input)
         if input is None:
-            raise InputError(f"create({model!r}, ...) needs an input", field="input")
+            raise InputError(f"create({short_repr(model)}, ...) needs an input", field="input")
         payload = input_payload(input)
     elif isinstance(model_or_input, ModelInput):
         if input is not None:
@@ -220,7 +222,7 @@ def build_create(
         events = list(webhook_events_filter)
         if not events or not set(events) <= allowed:
             raise InputError(
-                f"webhook_events_filter takes some of {sorted(allowed)}, got {events!r}",
+                f"webhook_events_filter takes some of {sorted(allowed)}, got {short_repr(events)}",
                 field="webhook_events_filter",
             )
         fields["webhook_events_filter"] = events

@@ -45,11 +45,12 @@ from ._http import (
     redirect_error,
     without_frames,
 )
+from ._output_hosts import guarded_socket
 from ._ratelimit import bucket_empty, remaining_creates
 from ._slots import Slots
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+    from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 
     from ._config import RetryPolicy, Timeouts
     from ._create import Ledger
@@ -219,7 +220,11 @@ class Transport:
             if not self._owns_session:
                 raise TransportError("the aiohttp session passed to QuickRouter is closed")
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+                # The socket factory refuses, for output downloads only, the addresses
+                # they may not reach (`_output_hosts`).
+                connector=aiohttp.TCPConnector(
+                    limit=0, ttl_dns_cache=300, socket_factory=guarded_socket
+                ),
                 headers={"User-Agent": self._user_agent},
                 cookie_jar=aiohttp.DummyCookieJar(),
             )
@@ -477,11 +482,14 @@ class Transport:
             self.clock_offset = when + 0.5 - time.time()
 
     @contextlib.asynccontextmanager
-    async def stream(self, url: str) -> AsyncIterator[tuple[str | None, AsyncIterator[bytes]]]:
+    async def stream(
+        self, url: str, *, middlewares: Sequence[aiohttp.ClientMiddlewareType] = ()
+    ) -> AsyncIterator[tuple[str | None, AsyncIterator[bytes]]]:
         """Open a file download: its content type and an iterator over its chunks.
 
         File downloads never carry the API key, whatever host they are on (output files
-        need none), so redirects are followed.
+        need none), so redirects are followed; ``middlewares`` see each hop before it is
+        sent (the output hosts' policy).
 
         Raises:
             TransportError: the connection failed or timed out, or the host answered
@@ -489,7 +497,10 @@ class Transport:
             APIError: the file host answered with another error status.
             ProtocolError: the answer is a redirect that leads nowhere.
         """
-        async with self._slots, open_file(self.session, url, self._download_timeout()) as opened:
+        async with (
+            self._slots,
+            open_file(self.session, url, self._download_timeout(), middlewares) as opened,
+        ):
             yield opened
 
     @staticmethod

@@ -20,8 +20,9 @@ import anyio
 import attrs
 
 from .._create import CLOCK_SKEW, input_key
-from .._errors import APIError, QuickRouterError
+from .._errors import APIError, InputError, QuickRouterError
 from .._journal import JOURNAL_NAME, Entry, Journal, JournalMismatch
+from .._local_files import encode_local_files
 from .._polling import cancel_quietly
 from . import _lines
 from ._gallery import GALLERY_NAME, RESULTS_NAME, write_gallery, write_results
@@ -91,6 +92,7 @@ class Batch:
         concurrency: int,
         detach: bool,
         results: IO[str],
+        folder: Path | None = None,
     ) -> None:
         self.client = client
         self.journal = journal
@@ -102,6 +104,22 @@ class Batch:
         self._writer = anyio.CapacityLimiter(1)
         # Inputs left in doubt whose lookup failed: not sent again in this run.
         self.skip: set[int] = set()
+        # The input file's folder: "@path" values are relative to it.
+        self.folder = folder or Path()
+
+    def _input(self, entry: Entry) -> Any:
+        """The input of ``entry`` to create with: its ``@path`` values as local files."""
+        return _lines.local_files(entry.input, self.folder)
+
+    async def _input_as_sent(self, entry: Entry) -> Any:
+        """The input as the server echoes it: local files read into ``data:`` URIs."""
+        payload = self._input(entry)
+        if payload == entry.input:
+            return payload
+        try:
+            return await anyio.to_thread.run_sync(encode_local_files, payload)
+        except InputError:
+            return payload  # the file is gone: its create will fail before sending
 
     async def run(self) -> None:
         """Resolve creates left in doubt, then take every unfinished input to the end."""
@@ -129,7 +147,8 @@ class Batch:
         after = -1
         while page := await self.journal.page(after=after, states=("submitting",)):
             for entry in page:
-                doubts.setdefault(input_key(entry.model, entry.input), []).append(entry)
+                key = input_key(entry.model, await self._input_as_sent(entry))
+                doubts.setdefault(key, []).append(entry)
                 sent = entry.sent_at or 0.0
                 earliest = sent if earliest is None else min(earliest, sent)
             after = page[-1].index
@@ -182,7 +201,7 @@ class Batch:
             if state in {"pending", "submitting"}:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(_CREATE_GRACE):
                     await self.journal.update(index, state="submitting", sent_at=time.time())
-                    prediction = await self.client.create(entry.model, entry.input)
+                    prediction = await self.client.create(entry.model, self._input(entry))
                     prediction_id = prediction.id
                     await self.journal.update(
                         index,
@@ -332,6 +351,7 @@ async def run_batch(
                 concurrency=options.concurrency,
                 detach=options.detach,
                 results=results.wrapped,
+                folder=options.source.parent,
             )
             with Display(tally, enabled=options.progress):
                 async with anyio.create_task_group() as group:

@@ -294,7 +294,10 @@ SHORT_REPR_CHARS: Final = 200
 
 
 class _ShortRepr(reprlib.Repr):
-    """`reprlib.Repr` that slices byte strings before quoting them and survives any value."""
+    """`reprlib.Repr` that slices byte strings before quoting them, says how long a cut
+    string was, and survives integers too long to print (reprlib already survives a
+    broken ``__repr__``).
+    """
 
     def __init__(self) -> None:
         super().__init__()
@@ -305,20 +308,24 @@ class _ShortRepr(reprlib.Repr):
         self.maxlist = self.maxtuple = self.maxset = self.maxfrozenset = 5
         self.maxdict = 5
 
+    def _quoted(self, x: str | bytes, unit: str) -> str:
+        # Sliced before quoting; escapes (a NUL byte quotes as four characters) can make
+        # even a short one long, so the quoted text is cut again.
+        quoted = builtins.repr(x[: self.maxstring])
+        if len(x) <= self.maxstring and len(quoted) <= self.maxstring:
+            return quoted
+        return f"{quoted[: self.maxstring]}... ({len(x):,} {unit})"
+
     # reprlib's methods take the nesting level; these leaves have no use for it.
     def repr_str(self, x: str, level: int) -> str:  # noqa: ARG002
-        if len(x) <= self.maxstring:
-            return builtins.repr(x)
-        return f"{x[: self.maxstring]!r}... ({len(x):,} characters)"
+        return self._quoted(x, "characters")
 
     def repr_bytes(self, x: bytes, level: int) -> str:  # noqa: ARG002
-        if len(x) <= self.maxstring:
-            return builtins.repr(x)
-        return f"{x[: self.maxstring]!r}... ({len(x):,} bytes)"
+        return self._quoted(x, "bytes")
 
     def repr_bytearray(self, x: bytearray, level: int) -> str:
-        return f"bytearray({self.repr_bytes(bytes(x[: self.maxstring + 1]), level)})" + (
-            f" of {len(x):,} bytes" if len(x) > self.maxstring else ""
+        return f"bytearray({self.repr_bytes(bytes(x[: self.maxstring]), level)})" + (
+            f", {len(x):,} bytes in all" if len(x) > self.maxstring else ""
         )
 
     def repr_memoryview(self, x: memoryview, level: int) -> str:  # noqa: ARG002
@@ -329,12 +336,6 @@ class _ShortRepr(reprlib.Repr):
             return super().repr_int(x, level)
         except ValueError:  # more digits than int-to-str conversion allows
             return f"<int of {x.bit_length():,} bits>"
-
-    def repr_instance(self, x: object, level: int) -> str:
-        try:
-            return super().repr_instance(x, level)
-        except Exception:  # noqa: BLE001 (a broken __repr__ must not hide the real error)
-            return f"<{type(x).__name__} object>"
 
 
 _SHORT_REPR: Final = _ShortRepr()

@@ -310,8 +310,10 @@ async def download_outputs(
             for index, url in enumerate(urls):
                 group.start_soon(one, index, url)
     except BaseExceptionGroup as group:
-        # The first file to fail stops the others: raise its error, not a group of one.
-        raise _first_error(group) from None
+        # The first file to fail stops the others: raise its error, not a group of one,
+        # with its own cause (an OSError behind a DownloadError) kept.
+        error = _first_error(group)
+        raise error from error.__cause__
     return [path for path in paths if path is not None]
 
 

@@ -108,7 +108,7 @@ def _int_between(low: int, high: int) -> Callable[[Any, attrs.Attribute[Any], An
             )
         if not low <= value <= high:
             raise InputError(
-                f"{attribute.name} must be between {low} and {high}; got {value}",
+                f"{attribute.name} must be between {low} and {high}; got {short_repr(value)}",
                 field=attribute.name,
             )
 

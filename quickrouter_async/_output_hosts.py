@@ -174,9 +174,18 @@ def guarded_socket(addr_info: AddrInfoType) -> socket.socket:
 
 
 def _peer(response: aiohttp.ClientResponse) -> str | None:
-    """The address the answer came from, while its connection is still held."""
+    """The address the answer came from.
+
+    aiohttp hands a small answer's connection back to its pool as soon as the whole
+    body has arrived (``response.connection`` is then None); the protocol the answer
+    was read from still knows its transport, so it is asked then. Without either
+    (a closed connection), there is no address to check, and None.
+    """
     connection = response.connection
-    transport = None if connection is None else connection.transport
+    protocol = (
+        connection.protocol if connection is not None else getattr(response, "_protocol", None)
+    )
+    transport = getattr(protocol, "transport", None)
     peer = None if transport is None else transport.get_extra_info("peername")
     return str(peer[0]) if isinstance(peer, tuple) and peer else None
 

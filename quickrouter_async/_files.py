@@ -24,7 +24,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, TypeVar
 from urllib.parse import unquote_to_bytes, urlsplit
 
 import aiohttp
@@ -43,6 +43,8 @@ if TYPE_CHECKING:
 __all__ = ["DEFAULT_MAX_BYTES", "download_outputs", "file_name", "prediction_of"]
 
 logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 DEFAULT_MAX_BYTES: Final = 256 * 1024 * 1024
 _SAFE: Final = re.compile(r"[^A-Za-z0-9_-]")
@@ -136,12 +138,10 @@ class _PartFile:
             self.path.unlink(missing_ok=True)
 
 
-async def _to_disk(call: Callable[[], object], path: Path) -> None:
+async def _on_disk(call: Callable[[], T], path: Path) -> T:
     """Run a file system call in a worker thread; its failure becomes `DownloadError`."""
     try:
-        await anyio.to_thread.run_sync(call)
-    except DownloadError:
-        raise
+        return await anyio.to_thread.run_sync(call)
     except OSError as exc:
         raise _disk_error(exc, path) from exc
 
@@ -150,20 +150,16 @@ async def _write(target: Path, fill: Callable[[_PartFile], Awaitable[None]]) -> 
     """Write ``target`` through a part file that ``fill`` fills; no part file survives.
 
     The clean-up is shielded: a cancelled download (a task group, Ctrl-C in a batch)
-    still removes its part file.
+    still removes its part file. (A worker thread's result is handed over with no
+    checkpoint after it, so a part file made is always in hand here.)
     """
-    part: _PartFile | None = None
+    part = await _on_disk(functools.partial(_PartFile, target), target.parent)
     try:
-        try:
-            part = await anyio.to_thread.run_sync(_PartFile, target)
-        except OSError as exc:
-            raise _disk_error(exc, target.parent) from exc
         await fill(part)
-        await _to_disk(part.commit, target)
+        await _on_disk(part.commit, target)
     except BaseException:
-        if part is not None:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(part.discard)
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(part.discard)
         raise
     return target
 
@@ -229,7 +225,7 @@ async def _save_data_uri(url: str, folder: Path, stem: tuple[str, int], max_byte
             index=index,
             max_bytes=max_bytes,
         )
-        await _to_disk(decode, target)
+        await _on_disk(decode, target)
 
     return await _write(target, fill)
 
@@ -251,7 +247,7 @@ async def _save(
                 size += len(chunk)
                 if size > rules.max_bytes:
                     raise _too_large(stem[1], rules.max_bytes)
-                await _to_disk(functools.partial(part.write, chunk), target)
+                await _on_disk(functools.partial(part.write, chunk), target)
 
         return await _write(target, fill)
 
@@ -294,7 +290,7 @@ async def download_outputs(
     policy = OutputPolicy(output_hosts, allow_loopback=on_loopback(transport.base_url))
     rules = _Rules(max_bytes=max_bytes, middlewares=(output_middleware(policy),))
     folder = Path(dest)
-    await _to_disk(lambda: folder.mkdir(parents=True, exist_ok=True), folder)
+    await _on_disk(lambda: folder.mkdir(parents=True, exist_ok=True), folder)
     urls = prediction.output_urls
     paths: list[Path | None] = [None] * len(urls)
     limiter = anyio.CapacityLimiter(concurrency)

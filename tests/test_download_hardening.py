@@ -16,7 +16,8 @@ import anyio
 import pytest
 import quickrouter_async as qr
 from aiohttp import web
-from quickrouter_async._output_hosts import OutputPolicy
+from quickrouter_async._files import _disk_error
+from quickrouter_async._output_hosts import OutputPolicy, on_loopback
 
 from .conftest import FAST_RETRY
 from .http_servers import RELEASE, Scripted, prediction_json, reply
@@ -98,7 +99,7 @@ async def test_a_percent_encoded_data_uri_past_max_bytes_is_refused_before_decod
 async def test_a_percent_encoded_data_uri_is_decoded_in_bounded_memory(tmp_path: Path) -> None:
     escapes = 400_000
     # Escapes and plain text mixed, so escapes fall across the decoder's piece boundaries.
-    output = "data:text/plain," + "%41b" * escapes
+    output = "data:text/plain," + "%41bc" * escapes
     async with Scripted() as api:
         api.always(
             "GET", "/replicate/v1/predictions/p1", reply(200, prediction_json("p1", output=output))
@@ -107,7 +108,7 @@ async def test_a_percent_encoded_data_uri_is_decoded_in_bounded_memory(tmp_path:
             prediction = await client.get("p1")
             error, peak = await measured_peak(client.download(prediction, tmp_path))
     assert error is None
-    assert (tmp_path / "p1-0.txt").read_bytes() == b"Ab" * escapes
+    assert (tmp_path / "p1-0.txt").read_bytes() == b"Abc" * escapes
     assert peak < 16 * MIB  # decoding it whole took over 60 MiB
 
 
@@ -128,7 +129,42 @@ async def test_data_uris_are_checked_and_decoded_in_pieces(tmp_path: Path) -> No
     assert names(tmp_path) == ["p1-0.png"]
 
 
+async def test_a_file_past_max_bytes_stops_mid_stream(tmp_path: Path) -> None:
+    async with Scripted() as files:
+        files.always("GET", "/big.png", reply(200, raw=PNG * 100, content_type="image/png"))
+        async with qr.QuickRouter("k", base_url=files.base_url, retry=FAST_RETRY) as client:
+            with pytest.raises(qr.ProtocolError, match="larger than 100 bytes"):
+                await client.download(done("p1", f"{files.url}/big.png"), tmp_path, max_bytes=100)
+    assert names(tmp_path) == []
+
+
 # -- 16.10: part files and file system errors ----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("error", "advice"),
+    [
+        (OSError(errno.ENOSPC, "No space left on device"), "the disk is full"),
+        (OSError(errno.EDQUOT, "Disk quota exceeded"), "the disk is full"),
+        (OSError(errno.EFBIG, "File too large"), "ulimit -f"),
+        (PermissionError(errno.EACCES, "Permission denied"), "no permission"),
+        (OSError(errno.EROFS, "Read-only file system"), "no permission"),
+        (IsADirectoryError(errno.EISDIR, "Is a directory"), "a directory has the file's name"),
+        (NotADirectoryError(errno.ENOTDIR, "Not a directory"), "dest is not a folder"),
+        (OSError(errno.EIO, "Input/output error"), "check the dest folder"),
+        (OSError("no errno"), "check the dest folder"),
+    ],
+)
+def test_each_file_system_error_says_what_to_do(
+    error: OSError, advice: str, tmp_path: Path
+) -> None:
+    mapped = _disk_error(error, tmp_path / "x.png")
+    assert advice in str(mapped)
+    assert str(tmp_path / "x.png") in str(mapped)
+    assert mapped.errno == error.errno
+    assert mapped.strerror == error.strerror
+    assert isinstance(mapped, OSError)
+    assert isinstance(mapped, qr.QuickRouterError)
 
 
 def stalled(started: asyncio.Event) -> object:
@@ -391,3 +427,23 @@ async def test_a_folder_without_write_permission_is_a_download_error(tmp_path: P
     assert error["errno"] == errno.EACCES
     assert "no permission to write there" in error["message"]
     assert result["left"] == []
+
+
+async def test_a_refused_connection_is_still_a_transport_error(tmp_path: Path) -> None:
+    async with Scripted() as files:
+        closed = f"http://127.0.0.1:{files.port}/a.png"
+        async with qr.QuickRouter("k", base_url=files.base_url, retry=FAST_RETRY) as client:
+            pass
+    # The API on loopback allows loopback; nothing listens there any more.
+    async with qr.QuickRouter("k", base_url=files.base_url, retry=FAST_RETRY) as client:
+        with pytest.raises(qr.TransportError):
+            await client.download(done("p1", closed), tmp_path)
+
+
+def test_which_apis_are_on_loopback() -> None:
+    assert on_loopback("http://localhost:8080/replicate")
+    assert on_loopback("http://api.localhost/replicate")
+    assert on_loopback("http://127.0.0.2:1/replicate")
+    assert on_loopback("http://[::1]:1/replicate")
+    assert not on_loopback("https://api.quickrouter.ai/replicate")
+    assert not on_loopback("http://10.0.0.1/replicate")

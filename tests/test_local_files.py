@@ -279,3 +279,26 @@ def test_any_bytes_round_trip_and_always_give_the_same_text(data: bytes, name: s
 )
 def test_inputs_without_files_are_left_alone(value: object) -> None:
     assert encode_local_files({"value": value}) == {"value": value}
+
+
+async def test_odd_values_in_a_dict_input(client: qr.QuickRouter, emulator: Emulator) -> None:
+    class AsyncFile:
+        async def read(self, size: int = -1) -> bytes:
+            return PNG[:size]
+
+    with pytest.raises(qr.InputError, match="binary mode"):
+        await client.create("acme/editor", {"prompt": "x", "image": AsyncFile()})
+    with pytest.raises(qr.InputError, match="not JSON"):
+        await client.create("acme/editor", {"prompt": "x", "when": object(), "image": PNG})
+    looped: list[Any] = []
+    looped.append(looped)
+    with pytest.raises(qr.InputError, match="contains itself"):
+        await client.create("acme/editor", {"prompt": "x", "a": looped, "b": looped})
+    assert emulator.count("create") == 0
+
+
+def test_no_images_and_a_short_repr() -> None:
+    assert qr.Seedream4Input(prompt="x", image_input=None).image_input == ()  # type: ignore[arg-type]
+    shown = repr(qr.Seedream4Input(prompt="x", image_input=[PNG * 100_000]))
+    assert len(shown) < 1000
+    assert f"{len(PNG) * 100_000:,} bytes" in shown

@@ -11,7 +11,7 @@ import pytest
 from quickrouter_async._journal import JOURNAL_NAME
 from quickrouter_async.cli import main
 from quickrouter_async.cli._batch import BatchOptions, run_batch
-from quickrouter_async.cli._lines import local_files
+from quickrouter_async.cli._lines import input_as_sent, local_files
 from quickrouter_async.cli._run import build_input, run_one
 
 if TYPE_CHECKING:
@@ -150,3 +150,11 @@ def test_at_values_at_any_depth_become_paths(job: Path) -> None:
         deep = [deep]
     with pytest.raises(ValueError, match="nested too deeply"):
         local_files({"deep": deep}, job)
+
+
+async def test_the_input_as_sent_reads_its_files(job: Path) -> None:
+    plain = {"prompt": "x"}
+    assert await input_as_sent(plain, job) == plain
+    assert await input_as_sent({"image": "@ref.png"}, job) == {"image": data_uri("png", PNG)}
+    # A file gone since the check: its path stays, and its create will fail unsent.
+    assert await input_as_sent({"image": "@gone.png"}, job) == {"image": job / "gone.png"}

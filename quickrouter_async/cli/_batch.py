@@ -20,9 +20,8 @@ import anyio
 import attrs
 
 from .._create import CLOCK_SKEW, input_key
-from .._errors import APIError, InputError, QuickRouterError
+from .._errors import APIError, QuickRouterError
 from .._journal import JOURNAL_NAME, Entry, Journal, JournalMismatch
-from .._local_files import encode_local_files
 from .._polling import cancel_quietly
 from . import _lines
 from ._gallery import GALLERY_NAME, RESULTS_NAME, write_gallery, write_results
@@ -107,20 +106,6 @@ class Batch:
         # The input file's folder: "@path" values are relative to it.
         self.folder = folder or Path()
 
-    def _input(self, entry: Entry) -> Any:
-        """The input of ``entry`` to create with: its ``@path`` values as local files."""
-        return _lines.local_files(entry.input, self.folder)
-
-    async def _input_as_sent(self, entry: Entry) -> Any:
-        """The input as the server echoes it: local files read into ``data:`` URIs."""
-        payload = self._input(entry)
-        if payload == entry.input:
-            return payload
-        try:
-            return await anyio.to_thread.run_sync(encode_local_files, payload)
-        except InputError:
-            return payload  # the file is gone: its create will fail before sending
-
     async def run(self) -> None:
         """Resolve creates left in doubt, then take every unfinished input to the end."""
         await self.resolve_in_doubt()
@@ -147,7 +132,7 @@ class Batch:
         after = -1
         while page := await self.journal.page(after=after, states=("submitting",)):
             for entry in page:
-                key = input_key(entry.model, await self._input_as_sent(entry))
+                key = input_key(entry.model, await _lines.input_as_sent(entry.input, self.folder))
                 doubts.setdefault(key, []).append(entry)
                 sent = entry.sent_at or 0.0
                 earliest = sent if earliest is None else min(earliest, sent)
@@ -201,7 +186,8 @@ class Batch:
             if state in {"pending", "submitting"}:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(_CREATE_GRACE):
                     await self.journal.update(index, state="submitting", sent_at=time.time())
-                    prediction = await self.client.create(entry.model, self._input(entry))
+                    payload = _lines.local_files(entry.input, self.folder)
+                    prediction = await self.client.create(entry.model, payload)
                     prediction_id = prediction.id
                     await self.journal.update(
                         index,

@@ -20,18 +20,28 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+import anyio
 import attrs
 
 from .._errors import InputError, short_repr
 from .._inputs import IMAGEN4_MODELS, SEEDREAM4_MODEL, Imagen4Input, Seedream4Input
 from .._inputs import validate_model_name as _validate_model_name
 from .._journal import Entry
-from .._local_files import MAX_FILE_BYTES
+from .._local_files import MAX_FILE_BYTES, encode_local_files
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
-__all__ = ["Scan", "entries", "local_files", "parse_setting", "scan", "validate"]
+__all__ = [
+    "Scan",
+    "entries",
+    "image_lists",
+    "input_as_sent",
+    "local_files",
+    "parse_setting",
+    "scan",
+    "validate",
+]
 
 _TYPED: dict[str, type[Imagen4Input] | type[Seedream4Input]] = {
     **dict.fromkeys(IMAGEN4_MODELS, Imagen4Input),
@@ -227,3 +237,19 @@ def image_lists(model: str, payload: dict[str, Any]) -> dict[str, Any]:
         key: [value] if key in fields and isinstance(value, Path) else value
         for key, value in payload.items()
     }
+
+
+async def input_as_sent(payload: dict[str, Any], folder: Path) -> Any:
+    """A line's input as the server echoes it back: ``@path`` files read into ``data:``
+    URIs (in a worker thread), for matching a create in doubt to its prediction.
+
+    A file that can no longer be read is left as its path: that input's create then
+    fails before anything is sent.
+    """
+    expanded = local_files(payload, folder)
+    if expanded == payload:
+        return expanded
+    try:
+        return await anyio.to_thread.run_sync(encode_local_files, expanded)
+    except InputError:
+        return expanded

@@ -23,6 +23,7 @@ import mimetypes
 import os
 import re
 import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, TypeVar
 from urllib.parse import unquote_to_bytes, urlsplit
@@ -58,7 +59,7 @@ _EXTENSIONS: Final = {
 }
 _KNOWN_SUFFIXES: Final = frozenset({"jpg", "jpeg", "png", "webp", "gif", "mp4", "wav", "mp3"})
 # A data: URI's payload is decoded this many characters at a time (a multiple of 4).
-_DATA_PIECE: Final = 256 * 1024
+_DATA_PIECE: Final = 64 * 1024
 
 
 def _extension(content_type: str | None, url: str) -> str:
@@ -195,6 +196,8 @@ def _decode_into(
             if size > max_bytes:
                 raise _too_large(index, max_bytes)
             part.write(data)
+            # Decoding holds the GIL: hand it to the event loop's thread between pieces.
+            time.sleep(0)
     except (binascii.Error, ValueError):
         raise ProtocolError(f"output {index} is a data: URI that is not valid base64") from None
 

@@ -151,7 +151,7 @@ def _input_json(payload: dict[str, Any]) -> str:
             "input is not JSON: it contains itself or is nested too deeply", field="input"
         ) from None
     except (TypeError, ValueError) as exc:
-        raise InputError(f"input is not JSON: {short_repr(str(exc))}", field="input") from None
+        raise InputError(f"input is not JSON: {str(exc)[:200]}", field="input") from None
 
 
 def _body(input_json: str, fields: dict[str, Any]) -> bytes:

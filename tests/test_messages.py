@@ -11,6 +11,7 @@ import quickrouter_async as qr
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from quickrouter_async._errors import SHORT_REPR_CHARS, short_repr
+from quickrouter_async._inputs import validate_model_name
 from quickrouter_async._serde import parse_prediction
 from quickrouter_async.cli._lines import parse_setting, validate
 
@@ -55,6 +56,7 @@ BUILDERS: dict[str, Callable[[], object]] = {
     "status": lambda: parse_prediction({"id": HUGE_TEXT, "status": [HUGE_TEXT]}),
     "cli setting": lambda: parse_setting(HUGE_TEXT),
     "cli unknown field": lambda: validate("google/imagen-4", {"prompt": "x", HUGE_TEXT: 1}),
+    "model name type": lambda: validate_model_name(HUGE_BYTES),
 }
 
 

@@ -22,11 +22,13 @@ from ._config import (
     to_seconds,
 )
 from ._create import Creates
-from ._errors import APIError, AuthenticationError, InputError, NotFoundError
+from ._errors import APIError, AuthenticationError, InputError, NotFoundError, short_repr
 from ._fanout import Run
 from ._files import DEFAULT_MAX_BYTES, download_outputs, prediction_of
 from ._interrupt import interruptible
+from ._local_files import read_local_files
 from ._models import Outcome, Prediction
+from ._output_hosts import output_hosts_of
 from ._polling import (
     Push,
     Schedule,
@@ -47,7 +49,7 @@ from ._version import __version__
 if TYPE_CHECKING:
     import datetime as dt
     import os
-    from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
     from pathlib import Path
     from types import TracebackType
 
@@ -94,6 +96,10 @@ class QuickRouter:
             learned when first needed. See `Capabilities`.
         session: an aiohttp session to borrow instead of creating one.
         allow_http: allow a plain ``http://`` base URL on a non-loopback host.
+        output_hosts: the only hosts `download` fetches output files from, e.g.
+            ``("replicate.delivery", "*.replicate.delivery")`` (``*.`` for subdomains);
+            None (the default) for any host. Link-local and loopback addresses are
+            refused either way, loopback unless the API itself is on loopback.
         sleep: how the client waits before a retry (``anyio.sleep``); tests pass one
             that records the waits, or skips them.
     """
@@ -112,6 +118,7 @@ class QuickRouter:
         capabilities: Capabilities | None = None,
         session: aiohttp.ClientSession | None = None,
         allow_http: bool = False,
+        output_hosts: Iterable[str] | None = None,
         sleep: Callable[[float], Awaitable[None]] | None = None,
     ) -> None:
         if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int):
@@ -121,6 +128,8 @@ class QuickRouter:
         if rate_limit is not None and not rate_limit > 0:
             raise InputError("rate_limit must be positive creates per second", field="rate_limit")
         self.base_url = resolve_base_url(base_url, allow_http=allow_http)
+        self.output_hosts = output_hosts_of(output_hosts)
+        self.output_hosts = output_hosts_of(output_hosts)
         self.max_concurrency = max_concurrency
         self.rate_limit = rate_limit
         self.poll = poll or PollPolicy()
@@ -229,6 +238,7 @@ class QuickRouter:
             APIError: the server refused the create.
             CreateInDoubt: the create may have happened and could not be looked up.
         """
+        model_or_input, input = await read_local_files(model_or_input, input)  # noqa: A001
         request = build_create(
             model_or_input,
             input,
@@ -430,6 +440,7 @@ class QuickRouter:
         seconds = to_seconds(timeout, name="timeout")
         deadline = math.inf if seconds is None else time.monotonic() + seconds
         creates = self._creates
+        model_or_input, input = await read_local_files(model_or_input, input)  # noqa: A001
         request = build_create(
             model_or_input,
             input,
@@ -522,6 +533,7 @@ class QuickRouter:
         *,
         concurrency: int = 4,
         max_bytes: int = DEFAULT_MAX_BYTES,
+        output_hosts: Iterable[str] | None = None,
     ) -> list[Path]:
         """Stream every output file of a prediction into ``dest`` and return the paths.
 
@@ -534,18 +546,28 @@ class QuickRouter:
             dest: the folder, created if missing.
             concurrency: files downloaded at once.
             max_bytes: the largest file accepted.
+            output_hosts: the only hosts files are fetched from, for this call;
+                defaults to the client's ``output_hosts``.
 
         Raises:
             InputError: the target has no prediction.
+            OutputURLRefused: an output's host or address may not be reached.
+            DownloadError: a file could not be saved (full disk, permissions...).
             ProtocolError: an output is not a URL, or is larger than ``max_bytes``.
             TransportError: a file could not be fetched after retries.
         """
+        hosts = self.output_hosts if output_hosts is None else output_hosts_of(output_hosts)
         if isinstance(target, str):
             prediction = await self.get(target)
         else:
             prediction = prediction_of(target)
         return await download_outputs(
-            self._transport, prediction, dest, concurrency=concurrency, max_bytes=max_bytes
+            self._transport,
+            prediction,
+            dest,
+            concurrency=concurrency,
+            max_bytes=max_bytes,
+            output_hosts=hosts,
         )
 
 
@@ -555,4 +577,6 @@ def _id_of(prediction: Prediction | str) -> str:
     value: object = prediction
     if isinstance(value, str) and value.strip():
         return value
-    raise InputError(f"expected a Prediction or an id, got {prediction!r}", field="prediction")
+    raise InputError(
+        f"expected a Prediction or an id, got {short_repr(prediction)}", field="prediction"
+    )

@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 import attrs
 
-from ._errors import InputError
+from ._errors import InputError, short_repr
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -42,11 +42,13 @@ def to_seconds(value: Duration | None, *, name: str) -> float | None:
     if isinstance(value, dt.timedelta):
         seconds = value.total_seconds()
     elif isinstance(value, bool) or not isinstance(value, int | float):
-        raise InputError(f"{name} must be seconds or a timedelta, not {value!r}", field=name)
+        raise InputError(
+            f"{name} must be seconds or a timedelta, not {short_repr(value)}", field=name
+        )
     else:
         seconds = float(value)
     if not seconds >= 0:  # also refuses NaN
-        raise InputError(f"{name} must not be negative, got {value!r}", field=name)
+        raise InputError(f"{name} must not be negative, got {short_repr(value)}", field=name)
     return seconds
 
 
@@ -74,7 +76,9 @@ def _total_limit(value: Duration | None) -> float | None:
 def _wait(value: object, name: str) -> float:
     """A wait: seconds or a timedelta, zero or more."""
     if not isinstance(value, int | float | dt.timedelta):
-        raise InputError(f"{name} must be seconds or a timedelta, not {value!r}", field=name)
+        raise InputError(
+            f"{name} must be seconds or a timedelta, not {short_repr(value)}", field=name
+        )
     seconds = to_seconds(value, name=name)
     assert seconds is not None  # noqa: S101 (to_seconds keeps None only for None)
     return seconds
@@ -94,7 +98,7 @@ def _max_retry_after(value: object) -> float:
 
 def _attempts(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InputError(f"attempts must be an integer of 1 or more, got {value!r}")
+        raise InputError(f"attempts must be an integer of 1 or more, got {short_repr(value)}")
     return value
 
 

@@ -29,6 +29,7 @@ import anyio
 import attrs
 
 from ._errors import InputError, PredictionCanceled, PredictionError, WaitTimeout
+from ._local_files import read_local_files
 from ._models import InputT, Outcome
 from ._polling import raise_for_outcome
 from ._progressbar import close_progress
@@ -294,7 +295,7 @@ class Run(Generic[InputT]):
     async def _outcome(self, index: int, item: InputT) -> Outcome[InputT]:
         prediction: Prediction | None = None
         try:
-            model_or_input, payload = _arguments(item)
+            model_or_input, payload = await read_local_files(*_arguments(item))
             deadline = None if self.timeout is None else time.monotonic() + self.timeout
             creates = self.creates
             request = build_create(

@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Final, Protocol
 
 import anyio
 
-from ._errors import InputError
+from ._errors import InputError, short_repr
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
@@ -144,7 +144,7 @@ class RateLimiter:
     ) -> None:
         if rate is not None and not rate > 0:
             raise InputError(
-                f"rate must be positive creates per second, got {rate!r}", field="rate"
+                f"rate must be positive creates per second, got {short_repr(rate)}", field="rate"
             )
         self._clock = clock
         self._max_pause = max_pause

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
-from ._errors import InputError
+from ._errors import InputError, short_repr
 from ._inputs import ModelInput, validate_model_name
 from ._serde import input_payload
 
@@ -44,7 +44,6 @@ _SEGMENT: Final = re.compile(r"[A-Za-z0-9._-]{1,200}")
 # Cancel-After as Replicate reads it: "30s", "5m", "1h30m45s", "500ms", or bare seconds.
 _DURATION: Final = re.compile(r"\d+(?:\.\d+)?|(?:\d+(?:\.\d+)?(?:h|ms|m|s))+")
 _WEBHOOK_EVENTS: Final = frozenset({"start", "output", "logs", "completed"})
-_SHOWN: Final = 100
 
 
 @attrs.frozen(kw_only=True)
@@ -86,20 +85,23 @@ def input_json(value: object) -> str:
     Raises:
         ValueError: NaN or infinity; TypeError: not JSON; RecursionError: nested too deep.
     """
+    # No record of enclosing containers: a value that contains itself recurses until
+    # RecursionError, as one nested too deeply does, and both get one message.
     return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        value,
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=False,
+        check_circular=False,
     )
-
-
-def _shown(value: str) -> str:
-    return repr(value if len(value) <= _SHOWN else value[:_SHOWN] + "...")
 
 
 def _segment(value: str, what: str, field: str) -> str:
     if not _SEGMENT.fullmatch(value) or set(value) == {"."}:
         raise InputError(
             f"{what} must be letters, digits, '.', '_' and '-' (not '.' or '..'), "
-            f"got {_shown(value)}",
+            f"got {short_repr(value)}",
             field=field,
         )
     return value
@@ -125,7 +127,9 @@ def _sync_wait(wait: bool | float | None) -> int | None:  # noqa: FBT001 (mirror
     value: object = wait
     if isinstance(value, int | float) and 1 <= value <= 60:
         return math.ceil(value)
-    raise InputError(f"wait must be True, False or 1-60 seconds, got {wait!r}", field="wait")
+    raise InputError(
+        f"wait must be True, False or 1-60 seconds, got {short_repr(wait)}", field="wait"
+    )
 
 
 def cancel_after_header(value: float | dt.timedelta | str | None) -> str | None:
@@ -136,7 +140,7 @@ def cancel_after_header(value: float | dt.timedelta | str | None) -> str | None:
         if not _DURATION.fullmatch(value):
             raise InputError(
                 f"cancel_after must be seconds or a duration such as 30s, 5m or 1h30m, "
-                f"got {_shown(value)}",
+                f"got {short_repr(value)}",
                 field="cancel_after",
             )
         return value
@@ -189,7 +193,7 @@ def build_create(
     if isinstance(model_or_input, str):
         model = validate_model_name(model_or_input)
         if input is None:
-            raise InputError(f"create({_shown(model)}, ...) needs an input", field="input")
+            raise InputError(f"create({short_repr(model)}, ...) needs an input", field="input")
         payload = input_payload(input)
     elif isinstance(model_or_input, ModelInput):
         if input is not None:
@@ -217,7 +221,7 @@ def build_create(
         if not events or not set(events) <= _WEBHOOK_EVENTS:
             raise InputError(
                 f"webhook_events_filter takes some of {sorted(_WEBHOOK_EVENTS)}, "
-                f"got {str(events)[:200]}",
+                f"got {short_repr(events)}",
                 field="webhook_events_filter",
             )
         fields["webhook_events_filter"] = events

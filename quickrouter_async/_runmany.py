@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Generic, Self
 
 import anyio
 
-from ._errors import InputError
+from ._errors import InputError, short_repr
 from ._fanout import RUNNING, SHUTDOWN_GRACE, Progress, Run
 from ._interrupt import interruptible
 from ._models import InputT
@@ -164,6 +164,6 @@ def concurrency_of(value: int | None, default: int) -> int:
     checked: object = value
     if isinstance(checked, bool) or not isinstance(checked, int) or checked < 1:
         raise InputError(
-            f"concurrency must be a positive integer, got {value!r}", field="concurrency"
+            f"concurrency must be a positive integer, got {short_repr(value)}", field="concurrency"
         )
     return value

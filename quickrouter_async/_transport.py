@@ -47,9 +47,10 @@ from ._http import (
     read_answer,
     redirect_error,
 )
+from ._output_hosts import guarded_socket
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+    from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 
     from ._config import RetryPolicy, Timeouts
     from ._http import Answer
@@ -207,7 +208,11 @@ class Transport:
             if not self._owns_session:
                 raise TransportError("the aiohttp session passed to QuickRouter is closed")
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, ttl_dns_cache=300),
+                # The socket factory refuses, for output downloads only, the addresses
+                # they may not reach (`_output_hosts`).
+                connector=aiohttp.TCPConnector(
+                    limit=0, ttl_dns_cache=300, socket_factory=guarded_socket
+                ),
                 headers={"User-Agent": self._user_agent},
                 cookie_jar=aiohttp.DummyCookieJar(),
             )
@@ -383,7 +388,9 @@ class Transport:
     # -- file downloads ------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def stream(self, url: str) -> AsyncIterator[tuple[str | None, AsyncIterator[bytes]]]:
+    async def stream(
+        self, url: str, *, middlewares: Sequence[aiohttp.ClientMiddlewareType] = ()
+    ) -> AsyncIterator[tuple[str | None, AsyncIterator[bytes]]]:
         """Open a file download: its content type and an iterator over its chunks.
 
         File downloads never carry the API key, whatever host they are on (output files
@@ -399,17 +406,27 @@ class Transport:
         t = self.timeouts
         timeout = aiohttp.ClientTimeout(total=t.total, sock_connect=t.connect, sock_read=t.read)
         async with self._slots, contextlib.AsyncExitStack() as stack:
-            opened = await self._open(stack, url, timeout, where)
+            opened = await self._open(stack, url, timeout, where, middlewares)
             if isinstance(opened, QuickRouterError):
                 raise opened
             yield opened.headers.get("Content-Type"), self._chunks(opened, where)
 
     async def _open(
-        self, stack: contextlib.AsyncExitStack, url: str, timeout: aiohttp.ClientTimeout, where: str
+        self,
+        stack: contextlib.AsyncExitStack,
+        url: str,
+        timeout: aiohttp.ClientTimeout,
+        where: str,
+        middlewares: Sequence[aiohttp.ClientMiddlewareType],
     ) -> aiohttp.ClientResponse | QuickRouterError:
         try:
             response = await stack.enter_async_context(
-                self.session.get(url, headers={"Accept": "*/*"}, timeout=timeout)
+                self.session.get(
+                    url,
+                    headers={"Accept": "*/*"},
+                    timeout=timeout,
+                    middlewares=tuple(middlewares) or None,
+                )
             )
             if 200 <= response.status < 300:
                 return response

@@ -91,6 +91,7 @@ class Batch:
         concurrency: int,
         detach: bool,
         results: IO[str],
+        folder: Path | None = None,
     ) -> None:
         self.client = client
         self.journal = journal
@@ -102,6 +103,8 @@ class Batch:
         self._writer = anyio.CapacityLimiter(1)
         # Inputs left in doubt whose lookup failed: not sent again in this run.
         self.skip: set[int] = set()
+        # The input file's folder: "@path" values are relative to it.
+        self.folder = folder or Path()
 
     async def run(self) -> None:
         """Resolve creates left in doubt, then take every unfinished input to the end."""
@@ -134,7 +137,11 @@ class Batch:
         if not doubts:
             return
         wanted = [
-            Wanted.of(entry.model, entry.input, window_start(entry.sent_at or 0.0, None))
+            Wanted.of(
+                entry.model,
+                await _lines.input_as_sent(entry.input, self.folder),
+                window_start(entry.sent_at or 0.0, None),
+            )
             for entry in doubts
         ]
         since = min(want.since for want in wanted)
@@ -173,7 +180,8 @@ class Batch:
             if state in {"pending", "submitting"}:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(_CREATE_GRACE):
                     await self.journal.update(index, state="submitting", sent_at=time.time())
-                    prediction = await self.client.create(entry.model, entry.input)
+                    payload = _lines.local_files(entry.input, self.folder)
+                    prediction = await self.client.create(entry.model, payload)
                     prediction_id = prediction.id
                     await self.journal.update(
                         index,
@@ -323,6 +331,7 @@ async def run_batch(
                 concurrency=options.concurrency,
                 detach=options.detach,
                 results=results.wrapped,
+                folder=options.source.parent,
             )
             with Display(tally, enabled=options.progress):
                 async with anyio.create_task_group() as group:

@@ -4,26 +4,44 @@ A batch file holds one input a line: a bare input object (the model comes from
 ``--model``) or ``{"model": ..., "input": {...}}``. Blank lines are skipped. Inputs of
 the models the library knows (Imagen 4, Seedream 4) are checked with their typed input
 classes, so a typo is found before anything is sent; other models only need an object.
+
+A string value that starts with ``@`` names a local file, sent as a ``data:`` URI (the
+convention of Replicate's and cog's command lines): ``"image_input": ["@ref.jpg"]``,
+``--set image_input=@ref.jpg``. ``@@`` stands for a literal leading ``@``. Paths are
+relative to the input file (``batch``) or the current folder (``run``); each file is
+checked when the input is, and read only when its create is built, so the journal keeps
+the line as written.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
 
+import anyio
 import attrs
 
-from .._errors import InputError
+from .._errors import InputError, short_repr
 from .._inputs import IMAGEN4_MODELS, SEEDREAM4_MODEL, Imagen4Input, Seedream4Input
 from .._inputs import validate_model_name as _validate_model_name
 from .._journal import Entry
+from .._local_files import MAX_FILE_BYTES, encode_local_files
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from pathlib import Path
 
-__all__ = ["Scan", "entries", "parse_setting", "scan", "validate"]
+__all__ = [
+    "Scan",
+    "entries",
+    "image_lists",
+    "input_as_sent",
+    "local_files",
+    "parse_setting",
+    "scan",
+    "validate",
+]
 
 _TYPED: dict[str, type[Imagen4Input] | type[Seedream4Input]] = {
     **dict.fromkeys(IMAGEN4_MODELS, Imagen4Input),
@@ -47,7 +65,8 @@ def validate(model: str, payload: object) -> None:
     unknown = sorted(set(payload) - fields)
     if unknown:
         raise InputError(
-            f"unknown field(s) {', '.join(unknown)} for {model}; known: {', '.join(sorted(fields))}"
+            f"unknown field(s) {short_repr(', '.join(unknown))} for {model}; "
+            f"known: {', '.join(sorted(fields))}"
         )
     if "prompt" not in payload:
         raise InputError(f"{model} needs a prompt", field="prompt")
@@ -72,13 +91,15 @@ def _split(data: object, default_model: str | None) -> tuple[str, object]:
     return default_model, data
 
 
-def _parse(text: str, default_model: str | None) -> tuple[str, dict[str, Any]]:
+def _parse(
+    text: str, default_model: str | None, folder: Path | None = None
+) -> tuple[str, dict[str, Any]]:
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise InputError(f"not JSON: {exc.msg} (column {exc.colno})") from None
     model, payload = _split(data, default_model)
-    validate(model, payload)
+    validate(model, payload if folder is None else local_files(payload, folder, check=True))
     assert isinstance(payload, dict)  # noqa: S101 (validate checked it)
     return model, payload
 
@@ -109,7 +130,7 @@ def scan(path: Path, default_model: str | None) -> Scan:
                 continue
             count += 1
             try:
-                _parse(text, default_model)
+                _parse(text, default_model, path.parent)
             except (InputError, TypeError) as exc:
                 errors.append(f"{path.name}:{number}: {exc}")
     return Scan(digest=digest.hexdigest(), count=count, errors=errors)
@@ -122,7 +143,7 @@ def entries(path: Path, default_model: str | None) -> Iterator[Entry]:
         for number, raw in enumerate(handle, start=1):
             text = raw.decode("utf-8", errors="replace").strip()
             if text:
-                model, payload = _parse(text, default_model)
+                model, payload = _parse(text, default_model, path.parent)
                 yield Entry(index=index, line=number, model=model, input=payload)
                 index += 1
 
@@ -135,9 +156,100 @@ def parse_setting(text: str) -> tuple[str, Any]:
     """
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
-        raise InputError(f"--set takes KEY=VALUE, got {text!r}")
+        raise InputError(f"--set takes KEY=VALUE, got {short_repr(text)}")
     try:
         parsed: Any = json.loads(value)
     except json.JSONDecodeError:
         parsed = value
     return key.strip(), parsed
+
+
+# -- local files: values that start with "@" ----------------------------------------
+
+_FILE_MARK: Final = "@"
+# Fields of the typed models that take a list of images: `--set KEY=@file` gives one.
+_IMAGE_LISTS: Final[dict[str, frozenset[str]]] = {SEEDREAM4_MODEL: frozenset({"image_input"})}
+
+
+def _check_file(path: Path, where: str) -> None:
+    """Check that ``path`` is a file this process can read, small enough to send inline."""
+    hint = f"(a value starting with {_FILE_MARK} names a local file; write @@ for a literal @)"
+    try:
+        with path.open("rb"):
+            size = path.stat().st_size
+    except OSError as exc:
+        raise InputError(
+            f"{where}: cannot read {short_repr(str(path))}: {exc.strerror or exc} {hint}"
+        ) from None
+    if size > MAX_FILE_BYTES:
+        raise InputError(
+            f"{where}: {short_repr(str(path))} is larger than {MAX_FILE_BYTES // 2**20} MiB, "
+            "the most sent inline; put it on a web server and pass its https:// URL"
+        )
+
+
+def _expand(value: object, folder: Path, where: str, *, check: bool) -> object:
+    if isinstance(value, str) and value.startswith(_FILE_MARK):
+        if value.startswith(_FILE_MARK * 2):
+            return value[1:]
+        path = folder / value[1:]
+        if check:
+            _check_file(path, where)
+        return path
+    if isinstance(value, dict):
+        return {
+            key: _expand(item, folder, f"{where}.{key}", check=check) for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [
+            _expand(item, folder, f"{where}[{index}]", check=check)
+            for index, item in enumerate(value)
+        ]
+    return value
+
+
+def local_files(payload: object, folder: Path, *, check: bool = False) -> Any:
+    """``payload`` with each ``@path`` string, at any depth, as a `Path` under ``folder``.
+
+    ``@@text`` becomes ``@text``. The client reads the paths into ``data:`` URIs when the
+    create is built.
+
+    Args:
+        payload: the input as written (a line's input, or ``--set`` values).
+        folder: the folder relative paths start from.
+        check: also check that each file is readable and small enough (blocking).
+
+    Raises:
+        InputError: with ``check``, a file is missing, unreadable or too large.
+    """
+    if not isinstance(payload, dict):
+        return payload
+    try:
+        return _expand(payload, folder, "input", check=check)
+    except RecursionError:
+        raise InputError("the input is nested too deeply") from None
+
+
+def image_lists(model: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """``payload`` with a single file given to a list-of-images field made a list of one."""
+    fields = _IMAGE_LISTS.get(model.partition(":")[0], frozenset())
+    return {
+        key: [value] if key in fields and isinstance(value, Path) else value
+        for key, value in payload.items()
+    }
+
+
+async def input_as_sent(payload: dict[str, Any], folder: Path) -> Any:
+    """A line's input as the server echoes it back: ``@path`` files read into ``data:``
+    URIs (in a worker thread), for matching a create in doubt to its prediction.
+
+    A file that can no longer be read is left as its path: that input's create then
+    fails before anything is sent.
+    """
+    expanded = local_files(payload, folder)
+    if expanded == payload:
+        return expanded
+    try:
+        return await anyio.to_thread.run_sync(encode_local_files, expanded)
+    except InputError:
+        return expanded

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .._errors import PredictionError, QuickRouterError
 from . import _lines
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from .._client import QuickRouter
 
 __all__ = ["build_input", "run_one"]
@@ -19,13 +18,19 @@ __all__ = ["build_input", "run_one"]
 def build_input(model: str, prompt: str, settings: list[str]) -> dict[str, Any]:
     """The input ``--prompt`` and ``--set KEY=VALUE`` describe, validated for ``model``.
 
+    A ``--set`` value that starts with ``@`` names a local file (relative to the current
+    folder), checked here and sent as a ``data:`` URI; a single file given to a field
+    that takes a list of images is a list of one. ``--prompt`` is always text.
+
     Raises:
-        InputError: a setting or the input is invalid.
+        InputError: a setting or the input is invalid, or a file is unreadable.
     """
-    payload: dict[str, Any] = {"prompt": prompt}
+    settings_payload: dict[str, Any] = {}
     for text in settings:
         key, value = _lines.parse_setting(text)
-        payload[key] = value
+        settings_payload[key] = value
+    files = _lines.local_files(settings_payload, Path(), check=True)
+    payload: dict[str, Any] = {"prompt": prompt, **_lines.image_lists(model, files)}
     _lines.validate(model, payload)
     return payload
 

@@ -295,7 +295,12 @@ class Creates:
                 try:
                     found = await self.find([(request, sent_at)], taken=taken)
                 except QuickRouterError as lookup_error:
-                    reason = f"looking it up failed too ({lookup_error})"
+                    absent = self.capabilities.snapshot().list_predictions is False
+                    reason = (
+                        "the server has no list route"
+                        if absent
+                        else f"looking it up failed too ({lookup_error})"
+                    )
                     self._cannot_look_up(request, error, reason)
                     return None
                 prediction = found.predictions[0]

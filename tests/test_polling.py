@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     from collections.abc import AsyncIterator
 
 
+pytestmark = pytest.mark.anyio
+
 MODEL = "google/imagen-4"
 COST = 14.0
 
@@ -394,11 +396,15 @@ async def test_watch_can_be_left_early(emulator: Emulator, client: qr.QuickRoute
     assert await client.wait(created) is not None
 
 
-async def test_wait_returns_the_terminal_prediction(client: qr.QuickRouter) -> None:
-    created = await client.create(MODEL, prompt())
-    done = await client.wait(created.id, timeout=dt.timedelta(seconds=10))
-    assert done.status is qr.Status.SUCCEEDED
-    assert done.output is not None
+async def test_wait_returns_the_terminal_prediction(server_profile: dict[str, Any]) -> None:
+    async with (
+        Emulator(duration=0.05, seed=1, **server_profile) as emu,
+        make_client(emu.base_url) as client,
+    ):
+        created = await client.create(MODEL, prompt())
+        done = await client.wait(created.id, timeout=dt.timedelta(seconds=10))
+        assert done.status is qr.Status.SUCCEEDED
+        assert done.output is not None
 
 
 async def test_waiting_on_a_finished_prediction_sends_nothing(
@@ -422,8 +428,11 @@ async def test_a_wait_past_its_deadline_leaves_the_prediction_running() -> None:
         await client.cancel(created)
 
 
-async def test_a_wait_can_cancel_on_exit() -> None:
-    async with Emulator(duration=30, seed=3) as emu, make_client(emu.base_url) as client:
+async def test_a_wait_can_cancel_on_exit(server_profile: dict[str, Any]) -> None:
+    async with (
+        Emulator(duration=30, seed=3, **server_profile) as emu,
+        make_client(emu.base_url) as client,
+    ):
         created = await client.create(MODEL, prompt())
         with pytest.raises(qr.WaitTimeout) as caught:
             await client.wait(created.id, timeout=0.2, cancel_on_exit=True)
@@ -605,8 +614,11 @@ async def test_run_refuses_bad_input_before_any_request(
 # -- giving up leaves nothing running -----------------------------------------------------
 
 
-async def test_a_deadline_in_run_cancels_the_prediction() -> None:
-    async with Emulator(duration=30, seed=15) as emu, make_client(emu.base_url) as client:
+async def test_a_deadline_in_run_cancels_the_prediction(server_profile: dict[str, Any]) -> None:
+    async with (
+        Emulator(duration=30, seed=15, **server_profile) as emu,
+        make_client(emu.base_url) as client,
+    ):
         with pytest.raises(qr.WaitTimeout) as caught:
             await client.run(MODEL, prompt(), timeout=0.3)
         assert caught.value.prediction is not None
@@ -623,9 +635,11 @@ async def test_a_deadline_in_run_may_leave_it_running_if_asked() -> None:
         assert len(running(emu)) == 1
 
 
-async def test_a_task_cancelled_while_polling_cancels_the_prediction() -> None:
+async def test_a_task_cancelled_while_polling_cancels_the_prediction(
+    server_profile: dict[str, Any],
+) -> None:
     async with (
-        Emulator(duration=30, honor_prefer_wait=False, seed=21) as emu,
+        Emulator(duration=30, seed=21, **{**server_profile, "honor_prefer_wait": False}) as emu,
         make_client(emu.base_url) as client,
     ):
         with anyio.CancelScope() as scope:
@@ -637,10 +651,12 @@ async def test_a_task_cancelled_while_polling_cancels_the_prediction() -> None:
         assert not any(r.kind == "list" for r in emu.requests)
 
 
-async def test_a_wait_cancelled_before_its_first_answer_cancels_by_id() -> None:
+async def test_a_wait_cancelled_before_its_first_answer_cancels_by_id(
+    server_profile: dict[str, Any],
+) -> None:
     slow_get = Faults(slow=1.0, slow_seconds=10, endpoints={"get"})
     async with (
-        Emulator(duration=30, honor_prefer_wait=False, seed=23) as emu,
+        Emulator(duration=30, seed=23, **{**server_profile, "honor_prefer_wait": False}) as emu,
         make_client(emu.base_url) as client,
     ):
         created = await client.create(MODEL, prompt())

@@ -10,6 +10,7 @@ import collections
 import datetime as dt
 import email.utils
 import json
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -612,3 +613,75 @@ def test_matching_with_a_start_time() -> None:
     old = attrs.evolve(recent, created_at=now - dt.timedelta(hours=1))
     assert wanted.accepts(recent)
     assert not wanted.accepts(old)
+
+
+# -- a gateway without the list route ----------------------------------------------------
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[Emulator]:
+    async with Emulator(profile="gateway", duration=0.05, seed=31) as emu:
+        yield emu
+
+
+async def test_on_a_gateway_a_create_in_doubt_raises_with_its_input(
+    gateway: Emulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    gateway.faults = Faults(server_error_after_create=1.0, endpoints={"create"})
+    with caplog.at_level(logging.WARNING, "quickrouter_async"):
+        async with make_client(gateway.base_url) as client:
+            for number in range(3):
+                with pytest.raises(qr.CreateInDoubt) as caught:
+                    await client.create(MODEL, {"prompt": f"doubt {number}"})
+                assert caught.value.input == {"prompt": f"doubt {number}"}
+                assert "no list route" in str(caught.value)
+            assert client.capabilities.list_predictions is False
+    # At most once: each create sent once, and looked for once (the route was absent).
+    assert gateway.count("create") == 3
+    assert gateway.count("list") == 1
+    assert [r.getMessage() for r in caplog.records].count(caplog.records[0].getMessage()) == 1
+    assert "no list route" in caplog.records[0].getMessage()
+
+
+async def test_on_a_gateway_resend_sends_a_create_in_doubt_again(gateway: Emulator) -> None:
+    gateway.faults = Faults(server_error_after_create=1.0, endpoints={"create"})
+
+    def heal() -> None:
+        gateway.faults = None
+
+    retry = attrs.evolve(RETRY, in_doubt="resend")
+    async with make_client(gateway.base_url, Sleeps(then=heal), retry=retry) as client:
+        prediction = await client.create(MODEL, {"prompt": "paid twice"})
+    # The first create was stored before its 500: resending made a second prediction.
+    assert server_copies(gateway, "paid twice") == 2
+    assert prediction.id == gateway.predictions[-1].id
+
+
+@pytest.mark.parametrize(
+    ("profile", "in_doubt"),
+    [("replicate", "raise"), ("gateway", "raise"), ("gateway", "resend")],
+)
+async def test_through_create_faults_nothing_is_created_twice_unless_asked(
+    profile: str, in_doubt: str
+) -> None:
+    faults = Faults(server_error=0.1, server_error_after_create=0.1, endpoints={"create"})
+    retry = qr.RetryPolicy(
+        attempts=6, initial=0.001, maximum=0.01, max_retry_after=0.02, in_doubt=in_doubt
+    )
+    async with (
+        Emulator(profile=profile, duration=0.05, seed=33, faults=faults) as emu,  # type: ignore[arg-type]
+        make_client(emu.base_url, retry=retry, rate_limit=1000) as client,
+        client.run_many(((MODEL, {"prompt": f"p {n}"}) for n in range(60)), timeout=30) as results,
+    ):
+        outcomes = [outcome async for outcome in results]
+    copies = collections.Counter(record.input["prompt"] for record in emu.predictions)
+    stored_then_failed = sum(r.fault == "server_error_after_create" for r in emu.requests)
+    assert stored_then_failed > 0
+    errors = collections.Counter(type(o.error).__name__ for o in outcomes if not o.ok)
+    if in_doubt == "raise":
+        assert max(copies.values()) == 1
+        allowed = {"CreateInDoubt"} if profile == "gateway" else set()
+        assert set(errors) <= allowed, errors
+    else:
+        assert not errors
+        assert sum(copies.values()) - len(copies) <= stored_then_failed

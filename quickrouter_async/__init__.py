@@ -37,6 +37,7 @@ from ._fanout import Progress
 from ._inputs import Imagen4Input, ModelInput, Seedream4Input
 from ._models import Outcome, Prediction, PredictionPage, Status
 from ._receiver import WebhookReceiver
+from ._redis import RedisRateLimiter
 from ._version import __version__
 from ._webhooks import verify_webhook
 
@@ -64,6 +65,7 @@ __all__ = [
     "QuickRouter",
     "QuickRouterError",
     "RateLimitError",
+    "RedisRateLimiter",
     "RequestTimeout",
     "RetryPolicy",
     "Seedream4Input",

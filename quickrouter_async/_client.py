@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 
     from ._fanout import Inputs, InputT, ProgressCallback
     from ._inputs import ModelInput
+    from ._ratelimit import CreateLimiter
 
 __all__ = ["QuickRouter"]
 
@@ -65,6 +66,9 @@ class QuickRouter:
         poll: how waits learn that a prediction finished.
         max_concurrency: predictions `run_many` keeps in flight by default.
         rate_limit: creates per second; None finds the server's limit by itself.
+        rate_limiter: paces the creates instead of this client's own limiter, e.g. a
+            `RedisRateLimiter` shared by several processes (``rate_limit`` then fixes
+            the shared rate); closed with the client.
         session: an aiohttp session to borrow instead of creating one.
         allow_http: allow a plain ``http://`` base URL on a non-loopback host.
     """
@@ -81,6 +85,7 @@ class QuickRouter:
         rate_limit: float | None = None,
         session: aiohttp.ClientSession | None = None,
         allow_http: bool = False,
+        rate_limiter: CreateLimiter | None = None,
     ) -> None:
         if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int):
             raise InputError("max_concurrency must be an integer", field="max_concurrency")
@@ -103,9 +108,12 @@ class QuickRouter:
             connections=max_concurrency + _SPARE_CONNECTIONS,
             user_agent=f"quickrouter-async/{__version__}",
         )
-        self._transport.create_limiter = RateLimiter(
-            rate_limit, max_pause=self._transport.retry.max_retry_after
-        )
+        max_pause = self._transport.retry.max_retry_after
+        if rate_limiter is None:
+            rate_limiter = RateLimiter(rate_limit, max_pause=max_pause)
+        elif (configure := getattr(rate_limiter, "configure", None)) is not None:
+            configure(rate=rate_limit, max_pause=max_pause)
+        self._transport.create_limiter = rate_limiter
         self._schedule = Schedule(self.poll)
         # Set by a `WebhookReceiver`: waits then learn from webhooks instead of polls.
         self._push: Push | None = None
@@ -126,8 +134,10 @@ class QuickRouter:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the HTTP session, unless it was borrowed."""
+        """Close the HTTP session, unless it was borrowed, and the rate limiter's connections."""
         await self._transport.aclose()
+        if (close := getattr(self._transport.create_limiter, "aclose", None)) is not None:
+            await close()
 
     @property
     def timeouts(self) -> Timeouts:

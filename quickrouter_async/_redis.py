@@ -200,6 +200,11 @@ class RedisRateLimiter:
         return not self._down
 
     @property
+    def paused_for(self) -> float:
+        """Seconds until this process may create again after a 429 (0 when not paused)."""
+        return max(0.0, self._paused_until - self._clock())
+
+    @property
     def rate(self) -> float | None:
         """The shared rate as last seen, in creates per second (None before any)."""
         return self._shared_rate

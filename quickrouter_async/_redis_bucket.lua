@@ -20,15 +20,24 @@ local EVENT_GAP, DEFAULT_PAUSE = 0.25, 1.0
 local EPISODE_QUIET, EPISODE_FLOOR = 30.0, 0.25
 -- The accepted rate is measured over two to four seconds when no 429 bounds it.
 local WINDOW = 2.0
--- ratelimit-remaining: headers seen this recently steer the rate instead of probing.
--- What the server holds beyond a RESERVE share of the most it was seen to hold (its
--- burst, about) and MARGIN (a create on its way) goes at once, at most HEADER_MAX.
--- Above the reserve by more than one, the rate rises by UP for each create more it holds
--- (at most UP_MAX); below it, it falls by DOWN;
--- but only when the server's bucket was seen holding at least STEER (with a smaller one
--- its count says nothing of the pace, and 429s steer alone).
+-- ratelimit-remaining: counts seen this recently steer the rate instead of probing.
+-- They keep the server's bucket near a RESERVE share of the most it was seen to hold
+-- (its burst, about), which absorbs the jitter of many processes. While a count is above
+-- the reserve by more than one, the rate rises by UP per second for each create more (at
+-- most EXCESS_MAX of them); while one is below it, it falls by DOWN per second for each
+-- create less. In slow start (until the counts below the reserve have taken it to
+-- SLOW_END of the highest rate it reached) it rises by SLOW_UP instead, so that a new
+-- job finds the limit within seconds (a job's first burst, which empties the server's
+-- bucket at once, does not end it: it takes no time to step down); after that the
+-- steps are small, because the counts of many processes come late, and a large step
+-- would swing the rate around the limit. Not upwards in the SETTLE seconds after a
+-- pause: then the bucket is full because of the pause, not because of the pace.
+-- Steering needs a bucket seen holding STEER creates or more: a smaller one's count says
+-- nothing of the pace, and 429s steer alone. What the server holds beyond the reserve
+-- and MARGIN (a create on its way) also goes at once, at most HEADER_MAX.
 local HEADER_FRESH, HEADER_MAX, MARGIN = 10.0, 1000.0, 1.0
-local RESERVE, STEER, UP, UP_MAX, DOWN = 0.5, 4.0, 0.01, 0.05, 0.02
+local RESERVE, STEER, EXCESS_MAX, SETTLE = 0.5, 4.0, 5.0, 2.0
+local SLOW_UP, SLOW_END, UP, DOWN = 0.1, 0.9, 0.02, 0.05
 local MEMBER_SECONDS, TTL_MS = 30.0, 3600000
 local NEVER = -1e18
 
@@ -43,7 +52,7 @@ local fixed = tonumber(ARGV[3])
 
 local names = {
   'rate', 'cap', 'tokens', 'stamp', 'resume', 'slow', 'event', 'gev', 'tev', 'pev',
-  'best', 'granted', 'throttled', 'answers', 'header_at', 'top', 'w0', 'wg0', 'wt0', 'w1',
+  'best', 'granted', 'throttled', 'answers', 'header_at', 'top', 'level_at', 'peak', 'w0', 'wg0', 'wt0', 'w1',
   'wg1', 'wt1', 'processes',
 }
 local values = redis.call('HMGET', key, unpack(names))
@@ -55,12 +64,18 @@ if s.rate == nil then
   -- A new bucket (or one idle past its expiry): Replicate's documented limit, full.
   s.rate = fixed or INITIAL_RATE
   s.cap = fixed and math.max(1.0, fixed * FIXED_BURST_SECONDS) or INITIAL_BURST
-  s.tokens, s.stamp, s.resume = s.cap, now, NEVER
-  s.slow = fixed and 0 or 1
-  s.best, s.granted, s.throttled, s.answers = 0, 0, 0, 0
-  s.header_at, s.top = NEVER, 0
-  s.w0, s.wg0, s.wt0, s.w1, s.wg1, s.wt1 = now, 0, 0, now, 0, 0
-  s.processes = 1
+  s.tokens, s.slow = s.cap, fixed and 0 or 1
+end
+-- Fields a bucket lacks start afresh (the event's stay absent until a 429).
+local defaults = {
+  stamp = now, resume = NEVER, slow = 0, best = 0, granted = 0, throttled = 0, answers = 0,
+  header_at = NEVER, top = 0, level_at = now, peak = s.rate, w0 = now, wg0 = 0, wt0 = 0,
+  w1 = now, wg1 = 0, wt1 = 0, processes = 1, cap = INITIAL_BURST, tokens = 0,
+}
+for name, value in pairs(defaults) do
+  if s[name] == nil then
+    s[name] = value
+  end
 end
 
 if now > s.stamp then
@@ -133,18 +148,26 @@ if op == 'take' then
     -- last heard from the bucket (some of them may not have reached the server), may go
     -- at once; and the pace is steered so that the server's bucket neither fills
     -- (creates not sent) nor runs dry (429s). A count older than the bucket is ignored.
-    s.header_at, s.slow = now, 0
-    s.top = math.max(s.top, math.min(remaining, HEADER_MAX))
+    remaining = math.min(remaining, HEADER_MAX)
+    s.header_at = now
+    s.top = math.max(s.top, remaining)
     local reserve = math.floor(RESERVE * s.top)
-    local allowance = math.min(remaining, HEADER_MAX) - reserve - MARGIN - (s.granted - known)
+    local allowance = remaining - reserve - MARGIN - (s.granted - known)
     if allowance > s.tokens then
       s.tokens = allowance
     end
     if s.top >= STEER then
-      if remaining > reserve + 1 then
-        s.rate = s.rate * (1 + math.min(UP_MAX, UP * (remaining - reserve - 1)))
+      local step = math.min(1.0, math.max(0, now - s.level_at))
+      s.level_at = now
+      if remaining > reserve + 1 and now >= s.resume + SETTLE then
+        local up = s.slow == 1 and SLOW_UP or UP
+        s.rate = s.rate * (1 + up * math.min(EXCESS_MAX, remaining - reserve - 1) * step)
+        s.peak = math.max(s.peak, s.rate)
       elseif remaining < reserve then
-        s.rate = math.max(floor_rate(), s.rate * (1 - DOWN))
+        s.rate = math.max(floor_rate(), s.rate * (1 - DOWN * (reserve - remaining) * step))
+        if s.rate < SLOW_END * s.peak then
+          s.slow = 0
+        end
       end
     end
   end

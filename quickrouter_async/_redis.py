@@ -35,7 +35,7 @@ import time
 import uuid
 from importlib import resources
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import anyio
 
@@ -66,12 +66,14 @@ def redact_url(url: str) -> str:
     netloc = parts.netloc
     if parts.password is not None:
         user, _, host = netloc.rpartition("@")
-        name = user.split(":", 1)[0]
-        netloc = f"{name}:***@{host}"
-    query = urlencode(
-        [(k, "***" if k == "password" else v) for k, v in parse_qsl(parts.query)], safe="*"
+        netloc = f"{user.split(':', 1)[0]}:***@{host}"
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    query = urlencode([(k, "***" if k == "password" else v) for k, v in pairs], safe="*/")
+    return (
+        f"{parts.scheme}://{netloc}{parts.path}"
+        + (f"?{query}" if query else "")
+        + (f"#{parts.fragment}" if parts.fragment else "")
     )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
 
 
 class _Ticket:
@@ -202,6 +204,8 @@ class RedisRateLimiter:
     @property
     def paused_for(self) -> float:
         """Seconds until this process may create again after a 429 (0 when not paused)."""
+        if self._down and self._local is not None:
+            return self._local.paused_for
         return max(0.0, self._paused_until - self._clock())
 
     @property
@@ -231,12 +235,16 @@ class RedisRateLimiter:
         return self._script
 
     async def _call(self, *args: str | float) -> list[Any]:
-        """Run the script once, within ``timeout``; Redis' failures are raised as they come."""
+        """Run the script once, within ``timeout``; Redis' failures are raised as they come.
+
+        Shielded: a caller cancelled meanwhile must not lose the tokens the script took
+        (they go to the next caller), nor break the connection in the middle of a reply.
+        """
         script = self._client()
         now = str(self._clock()) if self._fake_clock else ""
         fixed = "" if self._rate is None else str(self._rate)
         self.commands += 1
-        with anyio.fail_after(self._timeout):
+        with anyio.CancelScope(shield=True), anyio.fail_after(self._timeout):
             reply = await script(keys=self._keys, args=(args[0], now, fixed, *args[1:]))
         return list(reply)
 

@@ -215,9 +215,7 @@ async def test_the_processes_find_the_servers_limit_together(
     assert server.throttled <= 0.02 * 600
 
 
-async def test_without_headers_the_rate_is_found_from_429s(
-    limiters: Any, clock: FakeClock
-) -> None:
+async def test_without_headers_the_rate_is_found_from_429s(limiters: Any, clock: FakeClock) -> None:
     server = TokenBucketServer(clock, rate=20, burst=10, headers=False)
     one, two = limiters(), limiters()
     for _ in range(300):
@@ -241,3 +239,250 @@ async def test_without_headers_the_rate_probes_upwards_once_answers_come(
     for _ in range(100):
         await send(one, server, clock)
     assert one.rate > 10.0
+
+
+async def test_the_servers_count_lets_what_it_holds_go_at_once(
+    limiters: Any, clock: FakeClock
+) -> None:
+    one = limiters()
+    for _ in range(10):  # the bucket's first ten, at once
+        await one.acquire()
+    assert clock.now == 1000.0
+    # The server says it holds 9: beyond half of it (its reserve) and one on its way, 4 go.
+    one.on_accepted(9.0)
+    for _ in range(4):
+        await one.acquire()
+    assert clock.now == 1000.0
+    await one.acquire()
+    assert clock.now > 1000.0
+
+
+async def test_a_count_from_before_other_grants_lets_only_the_difference_go(
+    limiters: Any, clock: FakeClock
+) -> None:
+    one, two = limiters(), limiters()
+    await one.acquire()
+    one.on_accepted(9.0)  # known: 1 granted; the other process then takes 9 more
+    for _ in range(9):
+        await two.acquire()
+    await one.acquire()  # 9 - 4 (reserve) - 1 (on its way) - 9 (granted since): nothing
+    assert clock.now > 1000.0
+
+
+async def test_a_caller_cancelled_in_the_queue_loses_nothing(
+    limiters: Any, redis_server: RedisServer, clock: FakeClock
+) -> None:
+    one = limiters(1.0)
+    await one.acquire()
+    start = clock.now
+    with anyio.move_on_after(0):  # cancelled while it waits for its token
+        await one.acquire()
+    assert one.granted == 1
+    await one.acquire()  # the token reserved for the one that left goes to this one
+    assert clock.now - start == pytest.approx(1.0)
+    assert bucket(redis_server)["granted"] == 2
+
+
+# -- when Redis fails --------------------------------------------------------------------------
+
+
+async def test_redis_down_falls_back_to_the_local_limiter_and_comes_back(
+    limiters: Any, redis_server: RedisServer, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="quickrouter_async")
+    one = limiters(retry_interval=5.0)
+    await one.acquire()
+    redis_server.stop()
+    for _ in range(30):
+        await one.acquire()
+        one.on_accepted(None)
+    assert not one.shared
+    assert "local fallback" in repr(one)
+    one.on_throttled(2.0)
+    one.on_unanswered()
+    assert one.paused_for == pytest.approx(2.0)  # the local limiter's pause
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1  # one per outage, not one per create
+    assert "pacing this process's creates alone" in warnings[0].getMessage()
+    redis_server.start()
+    clock.now += 5.0  # the retry interval
+    await one.acquire()
+    assert one.shared
+    assert any("is back" in r.getMessage() for r in caplog.records)
+    assert bucket(redis_server)["granted"] == 1  # a new, empty bucket took it
+
+
+async def test_a_fixed_rate_falls_back_to_this_process_share(
+    limiters: Any, redis_server: RedisServer, clock: FakeClock
+) -> None:
+    one, two = limiters(10.0), limiters(10.0)
+    await one.acquire()
+    await two.acquire()
+    await one.acquire()
+    assert one.processes == 2
+    redis_server.stop()
+    await one.acquire()  # fails over
+    start = clock.now
+    for _ in range(10):
+        await one.acquire()
+    assert clock.now - start == pytest.approx(10 / 5.0)  # half of 10/s
+
+
+async def test_a_failing_report_of_a_429_falls_back(
+    limiters: Any, redis_server: RedisServer, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    one = limiters()
+    await one.acquire()
+    redis_server.stop()
+    one.on_throttled(1.0)
+    await settle(one)
+    assert not one.shared
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
+
+
+async def test_a_redis_that_never_answers_costs_one_timeout(redis_server: RedisServer) -> None:
+    limiter = RedisRateLimiter(redis_server.url, name="k", timeout=0.2)
+    await limiter.acquire()
+    redis_server.freeze()  # the kernel accepts connections; nobody answers
+    try:
+        with anyio.fail_after(30):  # a generous bound: the test must not hang
+            for _ in range(5):
+                await limiter.acquire()
+        assert not limiter.shared
+        assert limiter.granted == 6
+    finally:
+        redis_server.thaw()
+        await limiter.aclose()
+
+
+# -- secrets, settings -------------------------------------------------------------------------
+
+
+async def test_the_password_appears_in_no_repr_log_or_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    with RedisServer(password="s3cret-pw") as server:
+        right = RedisRateLimiter(server.url, name="k")
+        await right.acquire()
+        assert right.shared
+        await right.aclose()
+        wrong_url = server.url.replace("s3cret-pw", "wr0ng-pw")
+        for url in (wrong_url, "redis://user:wr0ng-pw@127.0.0.1:1/0"):
+            wrong = RedisRateLimiter(url, name="k")
+            await wrong.acquire()
+            await wrong.aclose()
+            assert not wrong.shared
+            assert "wr0ng-pw" not in repr(wrong) + wrong.url
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "***" in logged
+    assert "s3cret-pw" not in logged
+    assert "wr0ng-pw" not in logged
+    with pytest.raises(qr.InputError) as raised:
+        RedisRateLimiter("http://:wr0ng-pw@host/")
+    assert "wr0ng-pw" not in str(raised.value)
+
+
+def test_urls_lose_their_passwords() -> None:
+    assert redact_url("redis://:pw@host:6379/0") == "redis://:***@host:6379/0"
+    assert redact_url("rediss://me:pw@host/1") == "rediss://me:***@host/1"
+    assert (
+        redact_url("unix:///tmp/r.sock?password=pw&db=2") == "unix:///tmp/r.sock?password=***&db=2"
+    )
+    assert redact_url("redis://host:6379") == "redis://host:6379"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "field"),
+    [
+        ({"url": "http://host"}, "url"),
+        ({"url": "redis://host", "name": ""}, "name"),
+        ({"url": "redis://host", "timeout": 0}, "timeout"),
+        ({"url": "redis://host", "retry_interval": -1.0}, "retry_interval"),
+    ],
+)
+def test_settings_are_checked(arguments: dict[str, Any], field: str) -> None:
+    with pytest.raises(qr.InputError) as raised:
+        RedisRateLimiter(**arguments)
+    assert raised.value.field == field
+
+
+def test_one_limiter_serves_one_rate() -> None:
+    limiter = RedisRateLimiter("redis://host")
+    limiter.configure(rate=5.0, max_pause=60.0)
+    limiter.configure(rate=5.0, max_pause=30.0)
+    with pytest.raises(qr.InputError):
+        qr.QuickRouter("k", rate_limit=6.0, rate_limiter=limiter)
+
+
+def test_without_redis_py_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "redis", None)
+    monkeypatch.setitem(sys.modules, "redis.asyncio", None)
+    with pytest.raises(ImportError, match=r"quickrouter-async\[redis\]"):
+        RedisRateLimiter("redis://host")
+
+
+# -- with the client ---------------------------------------------------------------------------
+
+
+def inputs(count: int, prefix: str = "p") -> Iterator[tuple[str, dict[str, Any]]]:
+    for number in range(count):
+        yield MODEL, {"prompt": f"{prefix} {number}"}
+
+
+async def test_the_client_paces_its_creates_with_the_shared_bucket(
+    redis_server: RedisServer,
+) -> None:
+    limiter = RedisRateLimiter(redis_server.url, name="k")
+    async with (
+        Emulator(duration=0.05, rate_limit=RateLimit(rate=1000, burst=5)) as emulator,
+        qr.QuickRouter(
+            emulator.api_key,
+            base_url=emulator.base_url,
+            poll=FAST_POLL,
+            retry=FAST_RETRY,
+            rate_limit=500.0,
+            rate_limiter=limiter,
+        ) as client,
+    ):
+        outcomes = [o async for o in client.run_many(inputs(30), concurrency=10)]
+        assert all(outcome.ok for outcome in outcomes)
+        creates = emulator.count("create")
+    assert limiter._redis is None  # closed with the client
+    state = bucket(redis_server)
+    assert state["granted"] == creates == 30
+    assert state["rate"] == 500.0  # the client's rate_limit, for every process
+
+
+async def test_redis_stopped_and_started_again_mid_run(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="quickrouter_async")
+    limiter = RedisRateLimiter(redis_server.url, name="k", retry_interval=0.01)
+
+    def outage() -> Iterator[tuple[str, dict[str, Any]]]:
+        for number, item in enumerate(inputs(60)):
+            if number == 20:
+                redis_server.stop()
+            if number == 40:
+                redis_server.start()
+            yield item
+
+    async with (
+        Emulator(duration=0.05) as emulator,
+        qr.QuickRouter(
+            emulator.api_key,
+            base_url=emulator.base_url,
+            poll=FAST_POLL,
+            retry=FAST_RETRY,
+            rate_limiter=limiter,
+        ) as client,
+    ):
+        outcomes = [o async for o in client.run_many(outage(), concurrency=5)]
+        predictions = len(emulator.predictions)
+        assert limiter.shared
+    assert sorted(o.index for o in outcomes if o.ok) == list(range(60))
+    assert predictions == 60  # none lost, none created twice
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
+    assert any("is back" in r.getMessage() for r in caplog.records)
+    assert bucket(redis_server)["granted"] >= 1  # the creates after the restart shared it

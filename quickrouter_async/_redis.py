@@ -167,7 +167,8 @@ class RedisRateLimiter:
         self._unreported = [0, 0]
         self._asked: float | None = None
         self._reporter: asyncio.Task[None] | None = None
-        self._local: RateLimiter | None = None
+        # Paces this process while Redis is down (made anew for each outage).
+        self._local = RateLimiter(clock=self._clock, sleep=self._sleep)
         self._down = False
         self._retry_at = -math.inf
         self._shared_rate: float | None = None
@@ -204,7 +205,7 @@ class RedisRateLimiter:
     @property
     def paused_for(self) -> float:
         """Seconds until this process may create again after a 429 (0 when not paused)."""
-        if self._down and self._local is not None:
+        if self._down:
             return self._local.paused_for
         return max(0.0, self._paused_until - self._clock())
 
@@ -278,7 +279,6 @@ class RedisRateLimiter:
     def _recovered(self) -> None:
         if self._down:
             self._down = False
-            self._local = None
             logger.info("the shared create-rate limit in Redis (%s) is back", self.url)
 
     # -- acquiring ---------------------------------------------------------------------
@@ -310,8 +310,9 @@ class RedisRateLimiter:
             if ticket.granted:  # granted, then cancelled before it could send: keep it
                 self._slots.appendleft(self._clock())
                 self.granted -= 1
-            elif not ticket.local:
-                self._queue.remove(ticket)
+            else:
+                with contextlib.suppress(ValueError):  # unless it fell back: out already
+                    self._queue.remove(ticket)
             raise
         finally:
             if not self._pumping and self._queue:
@@ -320,11 +321,7 @@ class RedisRateLimiter:
             await self._acquire_local()
 
     async def _acquire_local(self) -> None:
-        local = self._local
-        if local is None:  # back on the shared bucket meanwhile
-            await self.acquire()
-            return
-        await local.acquire()
+        await self._local.acquire()
         self.granted += 1
 
     async def _pump(self, ticket: _Ticket) -> None:
@@ -386,7 +383,7 @@ class RedisRateLimiter:
         """
         self.accepted += 1
         self._answers += 1
-        if self._down and self._local is not None:
+        if self._down:
             self._local.on_accepted(remaining)
         elif remaining is not None:
             self._remaining = (remaining, self._granted_seen)
@@ -394,7 +391,7 @@ class RedisRateLimiter:
     def on_unanswered(self) -> None:
         """A create got no answer."""
         self._answers += 1
-        if self._down and self._local is not None:
+        if self._down:
             self._local.on_unanswered()
 
     def on_throttled(self, retry_after: float | None, *, bucket_empty: bool = True) -> None:
@@ -403,7 +400,7 @@ class RedisRateLimiter:
         """
         self.throttled += 1
         self._answers += 1
-        if self._down and self._local is not None:
+        if self._down:
             self._local.on_throttled(retry_after, bucket_empty=bucket_empty)
             return
         if bucket_empty:

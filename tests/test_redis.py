@@ -8,15 +8,19 @@ fake clock that stands in for Redis' clock too, so no test waits for real; the t
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import sys
+import threading
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
 import quickrouter_async as qr
+from quickrouter_async._ratelimit import RateLimiter
 from quickrouter_async._redis import RedisRateLimiter, redact_url
+from quickrouter_async.cli import main
 from quickrouter_async.testing import Emulator, RateLimit
 
 from .conftest import FAST_POLL, FAST_RETRY
@@ -24,6 +28,7 @@ from .redis_server import RedisServer
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
+    from pathlib import Path
 
 pytestmark = pytest.mark.anyio
 
@@ -99,9 +104,8 @@ async def limiters(redis_server: RedisServer, clock: FakeClock) -> AsyncIterator
     made: list[RedisRateLimiter] = []
 
     def make(rate: float | None = None, **options: Any) -> RedisRateLimiter:
-        limiter = RedisRateLimiter(
-            redis_server.url, name="k", clock=clock, sleep=clock.sleep, **options
-        )
+        options.setdefault("sleep", clock.sleep)
+        limiter = RedisRateLimiter(redis_server.url, name="k", clock=clock, **options)
         limiter.configure(rate=rate, max_pause=60.0)
         made.append(limiter)
         return limiter
@@ -283,7 +287,104 @@ async def test_a_caller_cancelled_in_the_queue_loses_nothing(
     assert bucket(redis_server)["granted"] == 2
 
 
+async def test_a_caller_granted_then_cancelled_passes_its_token_on(
+    limiters: Any, clock: FakeClock
+) -> None:
+    gate = anyio.Event()
+
+    async def held(seconds: float) -> None:  # a sleep that ends when the test says
+        clock.now += seconds
+        await gate.wait()
+
+    one = limiters(1000.0, sleep=held)  # a bucket of five
+    await one.acquire()
+    one.on_throttled(1.0)
+    await settle(one)
+    tasks: dict[str, asyncio.Future[None]] = {}
+
+    async def first() -> None:
+        await one.acquire()
+        assert one.granted == 3  # let through together with the second caller, which
+        tasks["second"].cancel()  # is cancelled before it runs (as asyncio allows)
+
+    async with anyio.create_task_group() as group:
+        group.start_soon(first)
+        await anyio.wait_all_tasks_blocked()  # the first waits out the pause
+        tasks["second"] = asyncio.ensure_future(one.acquire())
+        await anyio.wait_all_tasks_blocked()  # the second queues behind it
+        gate.set()
+    with pytest.raises(asyncio.CancelledError):
+        await tasks["second"]
+    assert one.granted == 2
+    commands, now = one.commands, clock.now
+    await one.acquire()  # the token the second caller left behind
+    assert (one.commands, clock.now) == (commands, now)
+
+
+async def test_a_429_wakes_a_caller_waiting_for_its_token(limiters: Any) -> None:
+    gate = anyio.Event()
+    asked: list[float] = []
+
+    async def held(seconds: float) -> None:
+        asked.append(seconds)
+        await gate.wait()
+
+    one = limiters(0.01, sleep=held)  # a token every 100 s
+    await one.acquire()
+    async with anyio.create_task_group() as group:
+        group.start_soon(one.acquire)
+        await anyio.wait_all_tasks_blocked()
+        assert asked == [pytest.approx(100.0)]
+        one.on_throttled(5.0)
+        await anyio.wait_all_tasks_blocked()
+        assert asked[1:] == [pytest.approx(5.0)]  # the pause now, not after the 100 s
+        group.cancel_scope.cancel()
+
+
+async def test_answers_without_a_count_tell_the_bucket_nothing_more(
+    limiters: Any, clock: FakeClock
+) -> None:
+    one = limiters()
+    await one.acquire()
+    one.on_unanswered()
+    one.on_accepted(None)
+    await one.acquire()
+    assert clock.now == 1000.0
+    assert one.accepted == 1
+
+
+async def test_an_unused_limiter_closes(redis_server: RedisServer) -> None:
+    limiter = RedisRateLimiter(redis_server.url)
+    await limiter.aclose()
+    assert limiter.granted == 0
+
+
+async def test_any_create_limiter_can_pace_a_client(emulator: Emulator) -> None:
+    limiter = RateLimiter(1000.0)
+    for _ in range(2):  # one limiter for two clients of this process
+        async with qr.QuickRouter(
+            emulator.api_key, base_url=emulator.base_url, poll=FAST_POLL, rate_limiter=limiter
+        ) as client:
+            await client.create(MODEL, {"prompt": "x"})
+    assert limiter.granted == 2
+
+
 # -- when Redis fails --------------------------------------------------------------------------
+
+
+async def test_a_redis_failure_wakes_the_pump_to_fall_back(redis_server: RedisServer) -> None:
+    limiter = RedisRateLimiter(redis_server.url, name="k")
+    limiter.configure(rate=0.01, max_pause=60.0)  # a token every 100 s
+    await limiter.acquire()
+    with anyio.fail_after(30):  # not the 100 s its token would take
+        async with anyio.create_task_group() as group:
+            group.start_soon(limiter.acquire)  # takes a token 100 s ahead, and sleeps
+            await anyio.wait_all_tasks_blocked()
+            redis_server.stop()
+            limiter.on_throttled(None, bucket_empty=False)  # its report fails
+    assert not limiter.shared
+    assert limiter.granted == 2  # the second through the local limiter
+    await limiter.aclose()
 
 
 async def test_redis_down_falls_back_to_the_local_limiter_and_comes_back(
@@ -486,3 +587,68 @@ async def test_redis_stopped_and_started_again_mid_run(
     assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
     assert any("is back" in r.getMessage() for r in caplog.records)
     assert bucket(redis_server)["granted"] >= 1  # the creates after the restart shared it
+
+
+# -- the command line --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def served(monkeypatch: pytest.MonkeyPatch) -> Iterator[Emulator]:
+    """An emulator on an event loop of its own in a thread (``main`` runs its own loop),
+    and the environment pointing at it.
+    """
+    ready = threading.Event()
+    holder: dict[str, Any] = {}
+
+    async def serve() -> None:
+        holder["stop"], holder["loop"] = asyncio.Event(), asyncio.get_running_loop()
+        async with Emulator(duration=0.05, api_key="cli-key") as emulator:
+            holder["emulator"] = emulator
+            ready.set()
+            await holder["stop"].wait()
+
+    thread = threading.Thread(target=asyncio.run, args=(serve(),))
+    thread.start()
+    ready.wait(10)
+    monkeypatch.setenv("QUICKROUTER_API_KEY", "cli-key")
+    monkeypatch.setenv("QUICKROUTER_BASE_URL", holder["emulator"].base_url)
+    try:
+        yield holder["emulator"]
+    finally:
+        holder["loop"].call_soon_threadsafe(holder["stop"].set)
+        thread.join(10)
+
+
+def test_batch_and_run_share_the_limit_through_redis(
+    served: Emulator, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(f'{{"prompt": "line {n}"}}\n' for n in range(6)))
+    shared = ["--rate-limit-redis", redis_server.url]
+    batch = ["batch", str(source), "--out", str(tmp_path / "out"), "--model", MODEL]
+    assert main([*batch, *shared, "--rate-limit", "50"]) == 0
+    with redis_server.client() as client:
+        state = client.hgetall("{quickrouter}:create-rate")
+    assert float(state[b"granted"]) == 6
+    assert float(state[b"rate"]) == 50.0  # --rate-limit is the rate of every process
+    run = ["run", MODEL, "--prompt", "one more", "--out", str(tmp_path / "run")]
+    assert main([*run, *shared]) == 0
+    with redis_server.client() as client:
+        assert float(client.hget("{quickrouter}:create-rate", "granted") or 0) == 7
+    assert served.count("create") == 7
+
+
+def test_the_command_line_names_what_is_missing(
+    served: Emulator,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    run = ["run", MODEL, "--prompt", "x", "--out", str(tmp_path)]
+    assert main([*run, "--rate-limit-redis", "http://:s3cret@host/"]) == 2
+    assert "redis://" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "redis", None)
+    monkeypatch.setitem(sys.modules, "redis.asyncio", None)
+    assert main([*run, "--rate-limit-redis", "redis://host"]) == 2
+    assert "quickrouter-async[redis]" in capsys.readouterr().err
+    assert served.count() == 0

@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import subprocess
 import sys
 import time
@@ -199,9 +200,10 @@ def measure(processes: int, inputs: int) -> dict[str, Any]:
         ):
             print(f"  {processes} processes x {inputs} inputs, {label} ...", flush=True)
             time.sleep(BURST / RATE + 0.5)  # the server's bucket full again
+            load = os.getloadavg()[0]  # the machine's load as the scenario starts
             scenarios[label] = run_scenario(
                 server, redis if shared else None, processes, inputs, outage=outage
-            )
+            ) | {"load_average": load}
     return {"processes": processes, "inputs_per_process": inputs, "scenarios": scenarios}
 
 
@@ -230,6 +232,8 @@ def table(results: dict[str, Any]) -> str:
             f"| {'' if trips is None else f'{trips:.2f}'} "
             f"| {'' if inner is None else f'{inner:.2f}'} |"
         )
+    loads = ", ".join(f"{row['load_average']:.1f}" for row in results["scenarios"].values())
+    lines += ["", f"Load average (1 min) of the machine as each scenario started: {loads}."]
     return "\n".join(lines)
 
 
@@ -250,13 +254,15 @@ def main() -> None:
     parser.add_argument("--no-docs", action="store_true", help="leave docs/scaling.md")
     options = parser.parse_args()
     raise_open_files_limit()
+    from run_all import machine_line  # noqa: PLC0415 (run_all imports this module)
+
     results = {"machine": machine(), **measure(options.processes, options.inputs)}
     text = table(results)
     print(f"\n{text}\n")
     write_json(RESULTS, results)
     print(f"written to {RESULTS.relative_to(ROOT)}")
     if not options.no_docs:
-        update_page(text)
+        update_page(f"{machine_line(results['machine'])}\n\n{text}")
         print("table written to docs/scaling.md")
 
 

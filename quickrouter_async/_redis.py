@@ -6,8 +6,8 @@ bucket in Redis for every process that uses the same server and ``name`` instead
 takes from it atomically with a Lua script (``_redis_bucket.lua``), one round trip each:
 
 - the bucket and the state that adapts it (the rate, a pause, the counts a 429 measures
-  the accepted rate from) live in one hash; the time is the Redis server's, so the
-  processes' own clocks need not agree;
+  the accepted rate from) live in one hash (``_redis_bucket.py`` runs the script); the
+  time is the Redis server's, so the processes' own clocks need not agree;
 - without ``rate_limit=`` it adapts as the local limiter does: a 429 that any process
   sees pauses every process until its ``Retry-After`` has passed and sets the shared rate
   a little below the rate the server accepted; it probes back up while callers wait. The
@@ -33,47 +33,27 @@ import logging
 import math
 import time
 import uuid
-from importlib import resources
-from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import parse_qsl, urlencode, urlsplit
+from typing import TYPE_CHECKING, Final
+from urllib.parse import urlsplit
 
 import anyio
 
 from ._errors import InputError
 from ._ratelimit import RateLimiter
+from ._redis_bucket import SharedBucket
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
-
-    from redis.asyncio import Redis
-    from redis.commands.core import AsyncScript
 
 __all__ = ["RedisRateLimiter"]
 
 logger = logging.getLogger(__name__)
 
 _SCHEMES: Final = frozenset({"redis", "rediss", "unix"})
-_SCRIPT: Final = (resources.files("quickrouter_async") / "_redis_bucket.lua").read_text("utf-8")
 # A process says it is alive at most this often (the bucket counts processes with it).
 _REGISTER_SECONDS: Final = 5.0
 # The pause when a 429 gave no hint (as the local limiter and the script assume).
 _DEFAULT_PAUSE: Final = 1.0
-
-
-def redact_url(url: str) -> str:
-    """``url`` with its password (in the user part or the query) replaced by ``***``."""
-    parts = urlsplit(url)
-    netloc = parts.netloc
-    if parts.password is not None:
-        user, _, host = netloc.rpartition("@")
-        netloc = f"{user.split(':', 1)[0]}:***@{host}"
-    pairs = parse_qsl(parts.query, keep_blank_values=True)
-    query = urlencode([(k, "***" if k == "password" else v) for k, v in pairs], safe="*/")
-    return (
-        f"{parts.scheme}://{netloc}{parts.path}"
-        + (f"?{query}" if query else "")
-        + (f"#{parts.fragment}" if parts.fragment else "")
-    )
 
 
 class _Ticket:
@@ -109,7 +89,6 @@ class RedisRateLimiter:
         granted: creates this process let through.
         throttled: creates of this process the server answered 429.
         accepted: creates of this process the server did not throttle.
-        commands: Redis calls this process made.
         processes: processes that used the bucket lately, as last counted.
     """
 
@@ -136,22 +115,16 @@ class RedisRateLimiter:
         for field, value in (("timeout", timeout), ("retry_interval", retry_interval)):
             if not value > 0:
                 raise InputError(f"{field} must be positive seconds", field=field)
-        self._url = url
-        self.url = redact_url(url)
+        self._bucket = SharedBucket(url, name, timeout=timeout, clock=clock)
+        self.url = self._bucket.url
         self.name = name
-        self._keys = (f"{{{name}}}:create-rate", f"{{{name}}}:create-rate:processes")
-        self._timeout = timeout
         self._retry_interval = retry_interval
         self._clock = clock or time.monotonic
-        self._fake_clock = clock is not None
         self._sleep = sleep
         self._member = uuid.uuid4().hex[:16]
         self._rate: float | None = None
         self._configured = False
         self._max_pause = 60.0
-        self._redis: Redis | None = None
-        self._script: AsyncScript | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: collections.deque[_Ticket] = collections.deque()
         self._pumping = False
         self._nap: anyio.CancelScope | None = None
@@ -175,7 +148,6 @@ class RedisRateLimiter:
         self.granted = 0
         self.throttled = 0
         self.accepted = 0
-        self.commands = 0
         self.processes = 1
 
     def __repr__(self) -> str:
@@ -214,40 +186,12 @@ class RedisRateLimiter:
         """The shared rate as last seen, in creates per second (None before any)."""
         return self._shared_rate
 
-    # -- Redis -------------------------------------------------------------------------
+    @property
+    def commands(self) -> int:
+        """Redis calls this process made."""
+        return self._bucket.calls
 
-    def _client(self) -> AsyncScript:
-        """The script on a Redis client of the running event loop, made when needed."""
-        loop = asyncio.get_running_loop()
-        if self._script is None or self._loop is not loop:
-            from redis.asyncio import Redis  # noqa: PLC0415 (an optional extra)
-            from redis.asyncio.retry import Retry  # noqa: PLC0415
-            from redis.backoff import NoBackoff  # noqa: PLC0415
-
-            # No retries of its own: a failure falls back at once, and comes back later.
-            self._redis = Redis.from_url(
-                self._url,
-                socket_timeout=self._timeout,
-                socket_connect_timeout=self._timeout,
-                retry=Retry(NoBackoff(), 0),
-            )
-            self._script = self._redis.register_script(_SCRIPT)
-            self._loop = loop
-        return self._script
-
-    async def _call(self, *args: str | float) -> list[Any]:
-        """Run the script once, within ``timeout``; Redis' failures are raised as they come.
-
-        Shielded: a caller cancelled meanwhile must not lose the tokens the script took
-        (they go to the next caller), nor break the connection in the middle of a reply.
-        """
-        script = self._client()
-        now = str(self._clock()) if self._fake_clock else ""
-        fixed = "" if self._rate is None else str(self._rate)
-        self.commands += 1
-        with anyio.CancelScope(shield=True), anyio.fail_after(self._timeout):
-            reply = await script(keys=self._keys, args=(args[0], now, fixed, *args[1:]))
-        return list(reply)
+    # -- when Redis fails ----------------------------------------------------------------
 
     def _failed(self, error: Exception) -> None:
         """Redis failed: pace this process alone until ``retry_interval`` has passed."""
@@ -266,7 +210,7 @@ class RedisRateLimiter:
                 "this process's creates alone (%s) until it is back",
                 self.url,
                 self.name,
-                _describe(error, self._url),
+                self._bucket.describe(error),
                 "adaptive" if share is None else f"{share:g}/s",
             )
         while self._queue:
@@ -353,27 +297,38 @@ class RedisRateLimiter:
     async def _take(self, want: int) -> None:
         """Take up to ``want`` tokens from the shared bucket (one reserved ahead if empty)."""
         now = self._clock()
-        remaining, known = ("", "") if self._remaining is None else self._remaining
+        remaining, known = (None, 0) if self._remaining is None else self._remaining
         answers, self._answers, self._remaining = self._answers, 0, None
         member = ""
         if now - self._registered_at >= _REGISTER_SECONDS:
             member = self._member
         try:
-            reply = await self._call("take", want, remaining, known, answers, member)
-            count, before, rate, pause = int(reply[0]), *map(float, reply[1:4])
-            processes, self._granted_seen = int(reply[4]), int(reply[5])
+            took = await self._bucket.take(
+                want,
+                rate=self._rate,
+                remaining=remaining,
+                known=known,
+                answers=answers,
+                member=member,
+            )
         except Exception as exc:  # noqa: BLE001 (any failure of Redis falls back)
             self._failed(exc)
             return
         self._recovered()
         if member:
             self._registered_at = now
-        self._shared_rate, self.processes = rate, processes
+        self._shared_rate, self.processes, self._granted_seen = (
+            took.rate,
+            took.processes,
+            took.granted,
+        )
         now = self._clock()
-        if pause > 0:
-            self._paused_until = max(self._paused_until, now + pause)
+        if took.pause > 0:
+            self._paused_until = max(self._paused_until, now + took.pause)
             return
-        self._slots.extend(now + max(0.0, (n + 1 - before) / rate) for n in range(count))
+        self._slots.extend(
+            now + max(0.0, (n + 1 - took.before) / took.rate) for n in range(took.tokens)
+        )
 
     # -- answers -----------------------------------------------------------------------
 
@@ -420,10 +375,13 @@ class RedisRateLimiter:
             (empty, other), asked = self._unreported, self._asked
             self._unreported, self._asked = [0, 0], None
             try:
-                reply = await self._call(
-                    "throttle", empty, other, "" if asked is None else asked, self._max_pause
+                self._shared_rate = await self._bucket.throttle(
+                    rate=self._rate,
+                    empty=empty,
+                    other=other,
+                    asked=asked,
+                    max_pause=self._max_pause,
                 )
-                self._shared_rate = float(reply[0])
             except Exception as exc:  # noqa: BLE001 (any failure of Redis falls back)
                 self._failed(exc)
                 return
@@ -436,18 +394,5 @@ class RedisRateLimiter:
         if reporter is not None:
             with anyio.CancelScope(shield=True):
                 await reporter
-        client, self._redis, self._script, self._loop = self._redis, None, None, None
-        if client is not None:
-            with anyio.CancelScope(shield=True), contextlib.suppress(Exception):
-                await client.aclose()
-
-
-def _describe(error: Exception, url: str) -> str:
-    """The error for a log line, any password of ``url`` taken out."""
-    text = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
-    parts = urlsplit(url)
-    secrets = [parts.password, *(v for k, v in parse_qsl(parts.query) if k == "password")]
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
-    return text
+        with contextlib.suppress(Exception):  # a connection Redis broke closes all the same
+            await self._bucket.aclose()

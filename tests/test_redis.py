@@ -19,7 +19,8 @@ import anyio
 import pytest
 import quickrouter_async as qr
 from quickrouter_async._ratelimit import RateLimiter
-from quickrouter_async._redis import RedisRateLimiter, redact_url
+from quickrouter_async._redis import RedisRateLimiter
+from quickrouter_async._redis_bucket import redact_url
 from quickrouter_async.cli import main
 from quickrouter_async.testing import Emulator, RateLimit
 
@@ -549,7 +550,7 @@ async def test_the_client_paces_its_creates_with_the_shared_bucket(
         outcomes = [o async for o in client.run_many(inputs(30), concurrency=10)]
         assert all(outcome.ok for outcome in outcomes)
         creates = emulator.count("create")
-    assert limiter._redis is None  # closed with the client
+    assert limiter._bucket._redis is None  # closed with the client
     state = bucket(redis_server)
     assert state["granted"] == creates == 30
     assert state["rate"] == 500.0  # the client's rate_limit, for every process

@@ -236,7 +236,10 @@ class Run(Generic[InputT]):
                     self._report()
                 # Nobody takes outcomes any more once the consumer left: drop it then.
                 with contextlib.suppress(anyio.BrokenResourceError):
-                    await self.sending.send(outcome)
+                    try:
+                        self.sending.send_nowait(outcome)  # room: no trip through the loop
+                    except anyio.WouldBlock:
+                        await self.sending.send(outcome)
                 self.pulling += 1
         finally:
             self.slots.release_on_behalf_of(token)

@@ -9,6 +9,7 @@ when the create is built. Messages quote values through `short_repr`, never whol
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from typing import (
     TYPE_CHECKING,
@@ -72,15 +73,17 @@ class ModelInput(Protocol):
         ...
 
 
+# owner/name, then optionally :version; no spaces anywhere.
+_MODEL_NAME: Final = re.compile(r"[^\s/:]+/[^\s/:]+(?::\S*)?")
+
+
 def validate_model_name(model: object) -> str:
     """Check that ``model`` reads ``owner/name`` (optionally ``:version``) and return it."""
     if not isinstance(model, str):
         raise InputError(
             f"model must be a string 'owner/name', not {short_repr(model)}", field="model"
         )
-    name = model.split(":", 1)[0]
-    owner, _, rest = name.partition("/")
-    if not owner or not rest or "/" in rest or any(c.isspace() for c in model):
+    if _MODEL_NAME.fullmatch(model) is None:
         raise InputError(f"model must read 'owner/name', got {short_repr(model)}", field="model")
     return model
 

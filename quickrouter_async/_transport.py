@@ -61,6 +61,8 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 _CHUNK: Final = 65536
+# Distinct limits (by the seconds a held create adds) kept once made.
+_TIMEOUTS_KEPT: Final = 64
 # Characters `urlsplit` strips from a URL: a URL with one has its path found the slow way.
 _SPECIAL: Final = ("\t", "\r", "\n")
 
@@ -148,6 +150,7 @@ class Transport:
         self._owns_session = session is None
         self._session = session
         self._user_agent = user_agent
+        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
         self._connections = max(1, connections)
         self._slots = anyio.Semaphore(self._connections, fast_acquire=True)
 
@@ -247,9 +250,16 @@ class Transport:
         wait for the answer) and the total limit are one timer for the whole exchange,
         not a read timer re-armed for every chunk that arrives.
         """
-        t = self.timeouts
-        limits = [limit + read_extra for limit in (t.read, t.total) if limit is not None]
-        return aiohttp.ClientTimeout(total=min(limits) if limits else None, sock_connect=t.connect)
+        timeout = self._timeouts.get(read_extra)
+        if timeout is None:
+            t = self.timeouts
+            limits = [limit + read_extra for limit in (t.read, t.total) if limit is not None]
+            timeout = aiohttp.ClientTimeout(
+                total=min(limits) if limits else None, sock_connect=t.connect
+            )
+            if len(self._timeouts) < _TIMEOUTS_KEPT:  # a few waits, used over and over
+                self._timeouts[read_extra] = timeout
+        return timeout
 
     async def send(
         self,

@@ -17,16 +17,15 @@ import anyio
 
 from .._errors import InputError
 from .._version import __version__
+from ._status import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
 
     from .._client import QuickRouter
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
+# Set to see the traceback of an unexpected failure instead of its one-line message.
+DEBUG_ENV = "QUICKROUTER_DEBUG"
 
 
 def _positive_int(text: str) -> int:
@@ -77,7 +76,9 @@ def _parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="another input field; VALUE is read as JSON when it parses, else as a string",
     )
-    run.add_argument("--out", type=Path, default=Path(), help="output folder (default: .)")
+    run.add_argument(
+        "--out", type=Path, default=Path(), help="output folder, made if missing (default: .)"
+    )
     _connection(run)
 
     batch = commands.add_parser(
@@ -105,7 +106,29 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="on Ctrl-C leave predictions running on the server (a resume re-attaches)",
     )
+    batch.add_argument(
+        "--accept-edits",
+        action="store_true",
+        help="resume with an edited input file: changed lines run as new inputs, removed "
+        "lines leave the job (lines appended at the end need no flag)",
+    )
+    batch.add_argument(
+        "--resend-in-doubt",
+        action="store_true",
+        help="send the inputs in doubt again (their predictions may exist: each may be "
+        "paid for twice)",
+    )
     _connection(batch)
+
+    get = commands.add_parser(
+        "get",
+        help="show a prediction and download its files",
+        description="Show a prediction (status, model, times, error, output URLs) and, "
+        "with --out, download its files and print their paths.",
+    )
+    get.add_argument("prediction_id", metavar="ID", help="the prediction's id")
+    get.add_argument("--out", type=Path, help="download the output files into this folder")
+    _connection(get)
 
     demo = commands.add_parser(
         "demo",
@@ -182,14 +205,27 @@ def _run(options: argparse.Namespace) -> int:
 
             group.start_soon(go)
             await interrupt.wait()
-            group.cancel_scope.cancel()  # run() cancels its prediction on the server
+            group.cancel_scope.cancel()  # the prediction is canceled on the server
         return code
 
     return anyio.run(_until_interrupted, work)
 
 
+def _get(options: argparse.Namespace) -> int:
+    from ._get import show  # noqa: PLC0415
+
+    key = _api_key_or_fail(options)
+
+    async def work() -> int:
+        async with _client(options, key) as client:
+            return await show(client, options.prediction_id, options.out)
+
+    return anyio.run(work)
+
+
 def _batch(options: argparse.Namespace) -> int:
-    from ._batch import BatchOptions, run_batch  # noqa: PLC0415
+    from ._batch import BatchOptions  # noqa: PLC0415
+    from ._execute import run_batch  # noqa: PLC0415
     from ._progress import interactive  # noqa: PLC0415
 
     key = _api_key_or_fail(options)
@@ -201,6 +237,8 @@ def _batch(options: argparse.Namespace) -> int:
         resume=options.resume,
         detach=options.detach,
         progress=interactive(),
+        accept_edits=options.accept_edits,
+        resend_in_doubt=options.resend_in_doubt,
     )
 
     async def work(interrupt: anyio.Event) -> int:
@@ -209,6 +247,47 @@ def _batch(options: argparse.Namespace) -> int:
             return await run_batch(client, batch, interrupt=interrupt)
 
     return anyio.run(_until_interrupted, work)
+
+
+def _demo(options: argparse.Namespace) -> int:
+    from ._demo import run_demo  # noqa: PLC0415 (keeps --help fast)
+
+    return anyio.run(_until_interrupted, lambda interrupt: run_demo(options.out, interrupt))
+
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": _run,
+    "get": _get,
+    "batch": _batch,
+    "demo": _demo,
+}
+
+
+def _innermost(exc: BaseException) -> BaseException:
+    """The first leaf of an exception group (the exception itself otherwise)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _unexpected(exc: BaseException, options: argparse.Namespace) -> int:
+    """Say, in one line, that something unforeseen stopped the command."""
+    leaf = _innermost(exc)
+    if isinstance(leaf, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    text = f"{type(leaf).__name__}: {leaf}"
+    try:
+        key = _api_key(options) if hasattr(options, "api_key_file") else ""
+    except InputError:
+        key = ""
+    if key:
+        text = text.replace(key, "[API key]")
+    print(  # noqa: T201 (the command's output)
+        f"error: an unexpected failure stopped the command: {text[:2000]} (please report "
+        f"it; {DEBUG_ENV}=1 shows where it happened)",
+        file=sys.stderr,
+    )
+    return EXIT_FAILED
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -220,13 +299,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return emulator_main(arguments[1:], prog="quickrouter-async emulator")
     options = _parser().parse_args(arguments)
     try:
-        if options.command == "run":
-            return _run(options)
-        if options.command == "batch":
-            return _batch(options)
+        return _COMMANDS[options.command](options)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)  # noqa: T201 (the command's output)
         return EXIT_USAGE
-    from ._demo import run_demo  # noqa: PLC0415 (keeps --help fast)
-
-    return anyio.run(_until_interrupted, lambda interrupt: run_demo(options.out, interrupt))
+    except (Exception, BaseExceptionGroup, KeyboardInterrupt) as exc:
+        if os.environ.get(DEBUG_ENV):
+            raise
+        return _unexpected(exc, options)

@@ -1,0 +1,200 @@
+"""Resuming a batch job: an edited input file, creates in doubt, a refused key, a full disk."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections import Counter
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pytest
+import quickrouter_async as qr
+from quickrouter_async._journal import JOURNAL_NAME
+from quickrouter_async.cli._batch import BatchOptions
+from quickrouter_async.cli._execute import run_batch
+from quickrouter_async.testing import Faults
+
+from .conftest import FAST_POLL, FAST_RETRY
+
+if TYPE_CHECKING:
+    from quickrouter_async.testing import Emulator
+
+pytestmark = pytest.mark.anyio
+
+MODEL = "google/imagen-4"
+
+
+def _write(path: Path, prompts: list[str], *, blank_first: bool = False) -> Path:
+    lines = [json.dumps({"prompt": prompt}) + "\n" for prompt in prompts]
+    path.write_text(("\n" if blank_first else "") + "".join(lines), encoding="utf-8")
+    return path
+
+
+def _results(out: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+
+
+def _states(out: Path) -> dict[str, int]:
+    with sqlite3.connect(out / JOURNAL_NAME) as db:
+        return dict(db.execute("SELECT state, count(*) FROM entries GROUP BY state"))
+
+
+def _per_input(emulator: Emulator) -> Counter[str]:
+    return Counter(str((p.input or {}).get("prompt")) for p in emulator.predictions)
+
+
+async def test_appended_lines_run_and_finished_ones_stay(
+    client: qr.QuickRouter, emulator: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    prompts = [f"first {n}" for n in range(4)]
+    source = _write(tmp_path / "in.jsonl", prompts)
+    out = tmp_path / "out"
+    assert await run_batch(client, BatchOptions(source=source, out=out, model=MODEL)) == 0
+    before = {r["index"]: r["prediction_id"] for r in _results(out)}
+    # More prompts at the end, and a blank line on top that moves every line down.
+    prompts += [f"appended {n}" for n in range(3)]
+    _write(source, prompts, blank_first=True)
+    options = BatchOptions(source=source, out=out, model=MODEL, resume=True)
+    assert await run_batch(client, options) == 0
+    assert "3 new input(s) added to the job" in capsys.readouterr().err
+    results = _results(out)
+    assert [r["line"] for r in results] == list(range(2, 9))
+    assert {r["index"]: r["prediction_id"] for r in results[:4]} == before
+    assert all(r["status"] == "succeeded" for r in results)
+    assert _per_input(emulator) == Counter(dict.fromkeys(prompts, 1))
+
+
+async def test_changed_lines_are_named_and_run_anew_only_when_accepted(
+    client: qr.QuickRouter, emulator: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = _write(tmp_path / "in.jsonl", ["a", "b", "c", "d"])
+    out = tmp_path / "out"
+    assert await run_batch(client, BatchOptions(source=source, out=out, model=MODEL)) == 0
+    first = _results(out)
+    journal = (out / JOURNAL_NAME).read_bytes()
+    _write(source, ["a", "B", "c"])
+    creates = emulator.count("create")
+    assert await run_batch(client, BatchOptions(source=source, out=out, model=MODEL)) == 2
+    err = capsys.readouterr().err
+    assert "line 2 changed and line (as numbered then) 4 removed" in err
+    assert "--accept-edits" in err
+    assert emulator.count("create") == creates
+    assert (out / JOURNAL_NAME).read_bytes() == journal
+
+    options = BatchOptions(source=source, out=out, model=MODEL, accept_edits=True)
+    assert await run_batch(client, options) == 0
+    assert emulator.count("create") == creates + 1
+    results = _results(out)
+    assert [r["input"]["prompt"] for r in results] == ["a", "B", "c"]
+    assert results[0]["prediction_id"] == first[0]["prediction_id"]
+    assert results[1]["prediction_id"] != first[1]["prediction_id"]
+    with sqlite3.connect(out / JOURNAL_NAME) as db:
+        kept = db.execute("SELECT prediction_id FROM replaced ORDER BY idx").fetchall()
+    # The predictions paid for are still on record.
+    assert kept == [(first[1]["prediction_id"],), (first[3]["prediction_id"],)]
+
+
+# Every create is stored and then answered 500, and every listing is broken: the client
+# cannot tell whether its create made a prediction (it did).
+IN_DOUBT = Faults(server_error_after_create=1.0, malformed=1.0, endpoints=["create", "list"])
+
+
+async def test_creates_in_doubt_keep_a_state_of_their_own(
+    client: qr.QuickRouter, emulator: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = _write(tmp_path / "in.jsonl", ["x", "y", "z"])
+    out = tmp_path / "out"
+    emulator.faults = IN_DOUBT
+    assert await run_batch(client, BatchOptions(source=source, out=out, model=MODEL)) == 1
+    printed = capsys.readouterr()
+    assert "0 of 3 succeeded, 0 failed, 3 in doubt, 0 unfinished" in printed.out
+    assert "--resend-in-doubt" in printed.err
+    assert _states(out) == {"in_doubt": 3}
+    assert {r["status"] for r in _results(out)} == {"in_doubt"}
+    assert len(emulator.predictions) == 3
+
+    # The listing works again: each run looks them up, and attaches instead of sending.
+    emulator.faults = None
+    creates = emulator.count("create")
+    assert await run_batch(client, BatchOptions(source=source, out=out, model=MODEL)) == 0
+    assert emulator.count("create") == creates
+    assert _per_input(emulator) == Counter({"x": 1, "y": 1, "z": 1})
+
+
+async def test_resend_in_doubt_sends_them_again_at_the_documented_cost(
+    client: qr.QuickRouter, emulator: Emulator, tmp_path: Path
+) -> None:
+    source = _write(tmp_path / "in.jsonl", ["x", "y"])
+    out = tmp_path / "out"
+    emulator.faults = IN_DOUBT
+    assert await run_batch(client, BatchOptions(source=source, out=out, model=MODEL)) == 1
+    # Still no listing: without the flag nothing is sent; with it, both are.
+    emulator.faults = Faults(malformed=1.0, endpoints=["list"])
+    assert await run_batch(client, BatchOptions(source=source, out=out, model=MODEL)) == 1
+    assert _states(out) == {"in_doubt": 2}
+    assert len(emulator.predictions) == 2
+    options = BatchOptions(source=source, out=out, model=MODEL, resend_in_doubt=True)
+    assert await run_batch(client, options) == 0
+    assert _states(out) == {"done": 2}
+    assert _per_input(emulator) == Counter({"x": 2, "y": 2})  # each paid for twice
+
+
+async def test_a_refused_key_stops_after_the_first_wave(
+    emulator: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = _write(tmp_path / "in.jsonl", [f"p{n}" for n in range(200)])
+    out = tmp_path / "out"
+    async with qr.QuickRouter("wrong", base_url=emulator.base_url, retry=FAST_RETRY) as bad:
+        options = BatchOptions(source=source, out=out, model=MODEL, concurrency=32)
+        assert await run_batch(bad, options) == 1
+    assert 1 <= emulator.count("create") <= 10
+    assert emulator.count("create") == emulator.count("create", status=401)
+    err = capsys.readouterr().err
+    assert "the server does not accept the API key" in err
+    assert "401" in err
+    assert "200 input(s) are left pending" in err
+    assert _states(out) == {"pending": 200}
+    async with qr.QuickRouter(
+        emulator.api_key, base_url=emulator.base_url, poll=FAST_POLL, retry=FAST_RETRY
+    ) as good:
+        assert await run_batch(good, BatchOptions(source=source, out=out, model=MODEL)) == 0
+    assert len(emulator.predictions) == 200
+
+
+async def test_a_full_disk_stops_the_run_and_a_resume_finishes_it(
+    client: qr.QuickRouter, emulator: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if not Path("/dev/full").exists():
+        pytest.skip("needs /dev/full, where every write fails with ENOSPC")
+    prompts = [f"p{n}" for n in range(12)]
+    source = _write(tmp_path / "in.jsonl", prompts)
+    out = tmp_path / "out"
+    assert await run_batch(client, BatchOptions(source=source, out=out, model=MODEL)) == 0
+    _write(source, [*prompts, "more", "and more"])
+    # results.jsonl is where the next line goes: the device says the disk is full.
+    (out / "results.jsonl").unlink()
+    (out / "results.jsonl").symlink_to("/dev/full")
+    # One at a time: the stop then cancels no download half-way (downloads are not ours).
+    options = BatchOptions(source=source, out=out, model=MODEL, concurrency=1)
+    assert await run_batch(client, options) == 1
+    err = capsys.readouterr().err
+    assert "No space left on device" in err
+    assert "free some space, then run the same command again" in err
+    with sqlite3.connect(out / JOURNAL_NAME) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    assert await run_batch(client, BatchOptions(source=source, out=out, model=MODEL)) == 0
+    assert _per_input(emulator) == Counter(dict.fromkeys([*prompts, "more", "and more"], 1))
+
+
+async def test_a_gallery_that_cannot_be_written_is_a_warning(
+    client: qr.QuickRouter, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = _write(tmp_path / "in.jsonl", ["a"])
+    out = tmp_path / "out"
+    assert await run_batch(client, BatchOptions(source=source, out=out, model=MODEL)) == 0
+    (out / "index.html").unlink()
+    (out / "index.html").mkdir()
+    assert await run_batch(client, BatchOptions(source=source, out=out, model=MODEL)) == 0
+    assert "warning: could not write" in capsys.readouterr().err
+    assert _results(out)[0]["status"] == "succeeded"

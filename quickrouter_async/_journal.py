@@ -269,14 +269,16 @@ def _open(path: Path) -> sqlite3.Connection:
 
 
 def read_meta(path: Path) -> dict[str, str]:
-    """The ``meta`` rows of the journal at ``path``, read-only (blocking).
+    """The ``meta`` rows of the journal at ``path``, without writing anything (blocking).
 
     Raises:
         JournalError: it cannot be read.
     """
 
     def read() -> dict[str, str]:
-        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        # immutable: nothing is written beside it, not even the -shm a WAL reader makes;
+        # a WAL not yet checkpointed is not read (the meta is written when a job starts).
+        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro&immutable=1", uri=True)
         try:
             return dict(db.execute("SELECT key, value FROM meta").fetchall())
         finally:
@@ -397,6 +399,16 @@ class Journal:
         """The entry of input ``index``."""
         statement = f"SELECT {COLUMNS} FROM entries WHERE idx = ?"  # noqa: S608
         return await self._call(lambda: entry_of(self._db.execute(statement, (index,)).fetchone()))
+
+    async def troubles(self, limit: int) -> list[Entry]:
+        """The first ``limit`` entries, in input order, that did not succeed and say why."""
+        statement = (
+            f"SELECT {COLUMNS} FROM entries WHERE error IS NOT NULL "  # noqa: S608
+            "AND NOT (state = 'done' AND status = 'succeeded') ORDER BY idx LIMIT ?"
+        )
+        return await self._call(
+            lambda: [entry_of(row) for row in self._db.execute(statement, (limit,))]
+        )
 
     async def prediction_ids(self) -> set[str]:
         """Every prediction id the journal holds."""

@@ -162,11 +162,12 @@ async def test_a_refused_key_stops_after_the_first_wave(
     assert len(emulator.predictions) == 200
 
 
+@pytest.mark.skipif(
+    not Path("/dev/full").exists(), reason="needs /dev/full, where every write fails with ENOSPC"
+)
 async def test_a_full_disk_stops_the_run_and_a_resume_finishes_it(
     client: qr.QuickRouter, emulator: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    if not Path("/dev/full").exists():
-        pytest.skip("needs /dev/full, where every write fails with ENOSPC")
     prompts = [f"p{n}" for n in range(12)]
     source = _write(tmp_path / "in.jsonl", prompts)
     out = tmp_path / "out"

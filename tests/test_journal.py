@@ -38,7 +38,9 @@ VALUES (0, 1, 'acme/m', '{"prompt": "p0"}', 'done', 'p-0', 'succeeded', '["p-0-0
 
 def _entries(count: int, *, start: int = 0, prefix: str = "p") -> Iterator[Entry]:
     for index in range(start, count):
-        yield Entry(index=index, line=index + 1, model="acme/m", input={"prompt": f"{prefix}{index}"})
+        yield Entry(
+            index=index, line=index + 1, model="acme/m", input={"prompt": f"{prefix}{index}"}
+        )
 
 
 async def test_states_survive_a_reopen(tmp_path: Path) -> None:
@@ -136,7 +138,11 @@ async def test_reconcile_names_edits_and_applies_them_only_when_asked(tmp_path: 
         accepted = await reconcile(journal, edited, accept_edits=True)
         assert accepted.applied
         entry = await journal.get(3)
-        assert (entry.input, entry.state, entry.prediction_id) == ({"prompt": "new"}, "pending", None)
+        assert (entry.input, entry.state, entry.prediction_id) == (
+            {"prompt": "new"},
+            "pending",
+            None,
+        )
         counts = await journal.counts()
         assert sum(n for state, n in counts.items() if state != "succeeded") == 25
     finally:

@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 
 __all__ = ["failure_message", "journal_message", "run_batch"]
 
+# Inputs that did not succeed listed after the summary, and the characters of an error.
+_TROUBLES_SHOWN: Final = 5
+_ERROR_SHOWN: Final = 300
 _RESUME: Final = "then run the same command again: the job resumes where it stopped"
 _ACCOUNT: Final = {
     401: ("the server does not accept the API key", "check QUICKROUTER_API_KEY or --api-key-file"),
@@ -180,6 +183,21 @@ async def _write_files(batch: Batch, options: BatchOptions) -> None:
         say(f"warning: could not write {out / GALLERY_NAME}: {exc}")
 
 
+async def _show_troubles(batch: Batch, options: BatchOptions) -> None:
+    """The first inputs that did not succeed, with why (results.jsonl has them all)."""
+    try:
+        troubles = await batch.journal.troubles(_TROUBLES_SHOWN)
+    except JournalError:
+        return  # only a courtesy: the summary has been said
+    for entry in troubles:
+        status = entry.result()["status"]
+        error = str(entry.error)
+        error = error if len(error) <= _ERROR_SHOWN else error[:_ERROR_SHOWN] + "..."
+        say(f"{options.source.name}:{entry.line}: {status}: {error}")
+    if troubles:
+        say(f"(every input's status and error: {options.out / RESULTS_NAME})")
+
+
 async def _conclude(batch: Batch, job: Job, options: BatchOptions, *, interrupted: bool) -> int:
     await _write_files(batch, options)
     try:
@@ -205,6 +223,8 @@ async def _conclude(batch: Batch, job: Job, options: BatchOptions, *, interrupte
     if batch.fatal is not None:
         say(failure_message(batch.fatal))
         return EXIT_FAILED
+    if succeeded != total and batch.refused is None:
+        await _show_troubles(batch, options)
     if batch.refused is not None and batch.refused.status in ACCOUNT_ERRORS:
         say(_refusal(batch.refused, counts["pending"] + counts["submitting"]))
         return EXIT_FAILED

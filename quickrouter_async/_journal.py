@@ -29,7 +29,6 @@ table. A journal of a newer format is refused rather than misread.
 from __future__ import annotations
 
 import enum
-import errno
 import json
 import os
 import sqlite3
@@ -52,7 +51,6 @@ __all__ = [
     "Problem",
     "State",
     "entry_of",
-    "read_meta",
     "storable",
 ]
 
@@ -113,8 +111,6 @@ def _problem(exc: BaseException) -> Problem:
     for prefix, problem in _PROBLEMS.items():
         if name.startswith(prefix):
             return problem
-    if isinstance(exc, OSError) and exc.errno in {errno.ENOSPC, errno.EDQUOT}:
-        return Problem.FULL
     return Problem.OTHER
 
 
@@ -265,26 +261,7 @@ def _open(path: Path) -> sqlite3.Connection:
     try:
         return _guarded(path, lambda: _connect(path))
     except OSError as exc:  # the file could not be made
-        raise JournalError(path, _problem(exc), exc.strerror or str(exc)) from exc
-
-
-def read_meta(path: Path) -> dict[str, str]:
-    """The ``meta`` rows of the journal at ``path``, without writing anything (blocking).
-
-    Raises:
-        JournalError: it cannot be read.
-    """
-
-    def read() -> dict[str, str]:
-        # immutable: nothing is written beside it, not even the -shm a WAL reader makes;
-        # a WAL not yet checkpointed is not read (the meta is written when a job starts).
-        db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro&immutable=1", uri=True)
-        try:
-            return dict(db.execute("SELECT key, value FROM meta").fetchall())
-        finally:
-            db.close()
-
-    return _guarded(path, read)
+        raise JournalError(path, Problem.OTHER, exc.strerror or str(exc)) from exc
 
 
 class Journal:

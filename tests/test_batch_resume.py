@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import sqlite3
 from collections import Counter
@@ -10,9 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import quickrouter_async as qr
-from quickrouter_async._journal import JOURNAL_NAME
-from quickrouter_async.cli._batch import BatchOptions
-from quickrouter_async.cli._execute import run_batch
+from quickrouter_async._journal import JOURNAL_NAME, JournalError, Problem
+from quickrouter_async.cli._batch import BatchOptions, disk_error
+from quickrouter_async.cli._execute import failure_message, run_batch
 from quickrouter_async.testing import Faults
 
 from .conftest import FAST_POLL, FAST_RETRY
@@ -199,3 +200,89 @@ async def test_a_gallery_that_cannot_be_written_is_a_warning(
     assert await run_batch(client, BatchOptions(source=source, out=out, model=MODEL)) == 0
     assert "warning: could not write" in capsys.readouterr().err
     assert _results(out)[0]["status"] == "succeeded"
+
+
+async def test_edits_are_described_by_what_they_did(
+    client: qr.QuickRouter, emulator: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = _write(tmp_path / "in.jsonl", ["a", "b", "c"])
+    out = tmp_path / "out"
+    assert await run_batch(client, BatchOptions(source=source, out=out, model=MODEL)) == 0
+    _write(source, ["a"])
+    assert await run_batch(client, BatchOptions(source=source, out=out, model=MODEL)) == 2
+    assert "lines (as numbered then) 2, 3 removed" in capsys.readouterr().err
+    # A prediction under way is never dropped, even when edits are accepted.
+    with sqlite3.connect(out / JOURNAL_NAME) as db:
+        db.execute("UPDATE entries SET state = 'submitted' WHERE idx = 2")
+    options = BatchOptions(source=source, out=out, model=MODEL, accept_edits=True)
+    assert await run_batch(client, options) == 2
+    assert "but the predictions of line 3 are under way" in capsys.readouterr().err
+    assert emulator.count("create") == 3
+
+
+async def test_a_prediction_the_server_lost_is_kept_with_its_error(
+    client: qr.QuickRouter, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = _write(tmp_path / "in.jsonl", ["a", "b"])
+    out = tmp_path / "out"
+    assert await run_batch(client, BatchOptions(source=source, out=out, model=MODEL)) == 0
+    with sqlite3.connect(out / JOURNAL_NAME) as db:
+        db.execute("UPDATE entries SET state = 'submitted', prediction_id = 'gone' WHERE idx = 1")
+    assert await run_batch(client, BatchOptions(source=source, out=out, model=MODEL)) == 1
+    err = capsys.readouterr().err
+    assert "in.jsonl:2: submitted: 404" in err
+    assert f"(every input's status and error: {out / 'results.jsonl'})" in err
+    assert _results(out)[1]["status"] == "submitted"
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+async def test_a_full_disk_while_looking_up_stops_the_run(
+    client: qr.QuickRouter, emulator: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = _write(tmp_path / "in.jsonl", ["a", "b"])
+    out = tmp_path / "out"
+    assert await run_batch(client, BatchOptions(source=source, out=out, model=MODEL)) == 0
+    with sqlite3.connect(out / JOURNAL_NAME) as db:
+        db.execute("UPDATE entries SET state = 'submitting', prediction_id = NULL WHERE idx = 0")
+    emulator.faults = Faults(malformed=1.0, endpoints=["list"])
+    (out / "results.jsonl").unlink()
+    (out / "results.jsonl").symlink_to("/dev/full")
+    creates = emulator.count("create")
+    assert await run_batch(client, BatchOptions(source=source, out=out, model=MODEL)) == 1
+    assert "No space left on device" in capsys.readouterr().err
+    assert emulator.count("create") == creates
+    assert _states(out) == {"submitting": 1, "done": 1}
+
+
+async def test_results_that_cannot_be_opened_stop_before_anything_is_sent(
+    client: qr.QuickRouter, emulator: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = _write(tmp_path / "in.jsonl", ["a"])
+    out = tmp_path / "out"
+    assert await run_batch(client, BatchOptions(source=source, out=out, model=MODEL)) == 0
+    _write(source, ["a", "b"])
+    (out / "results.jsonl").unlink()
+    (out / "results.jsonl").mkdir()
+    assert await run_batch(client, BatchOptions(source=source, out=out, model=MODEL)) == 1
+    assert "error: could not write" in capsys.readouterr().err
+    assert emulator.count("create") == 1
+
+
+def test_disk_errors_are_found_behind_library_errors() -> None:
+    full = OSError(errno.ENOSPC, "No space left on device")
+    wrapped = qr.TransportError("download failed")
+    wrapped.__cause__ = full
+    assert disk_error(wrapped) is full
+    assert disk_error(qr.TransportError("reset")) is None
+    assert disk_error(ConnectionResetError(errno.ECONNRESET, "reset")) is None
+
+
+def test_failure_messages_say_what_to_do(tmp_path: Path) -> None:
+    damaged = JournalError(tmp_path / JOURNAL_NAME, Problem.DAMAGED, "file is not a database")
+    assert "restore it from a backup" in failure_message(damaged)
+    assert "left running" not in failure_message(damaged)
+    full = JournalError(tmp_path / JOURNAL_NAME, Problem.FULL, "database or disk is full")
+    assert "free some space" in failure_message(full)
+    assert "the resume attaches to them" in failure_message(full)
+    read_only = OSError(errno.EROFS, "Read-only file system")
+    assert "the file system is read-only" in failure_message(read_only)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 import sqlite3
 import stat
 import subprocess
@@ -11,8 +12,9 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 import anyio
+import anyio.abc
 import pytest
-from quickrouter_async.testing import Emulator
+from quickrouter_async.testing import Emulator, Faults
 
 from .cli_process import COMMAND, ROOT, cli, environment, per_input
 
@@ -163,8 +165,87 @@ async def test_a_really_full_disk_stops_the_run_and_a_resume_finishes_it(tmp_pat
         assert per_input(emulator) == Counter(dict.fromkeys(prompts, 1))
 
 
+async def _read_all(stream: anyio.abc.ByteReceiveStream | None) -> str:
+    assert stream is not None
+    data = b""
+    async for chunk in stream:
+        data += chunk
+    return data.decode()
+
+
 async def _unshared(script: str, env: dict[str, str]) -> int:
     done = await anyio.run_process(
         ["unshare", "--mount", "sh", "-c", script], env=env, cwd=ROOT, check=False
     )
     return done.returncode
+
+
+async def test_ctrl_c_during_a_slow_create_still_cancels_its_prediction(tmp_path: Path) -> None:
+    # The create's answer comes 2 s after the prediction exists: Ctrl-C arrives before it.
+    faults = Faults(slow=1.0, slow_seconds=2.0, endpoints=["create"])
+    async with Emulator(duration=30.0, faults=faults) as emulator:
+        command = [*COMMAND, "run", MODEL, "--prompt", "slow", "--out", str(tmp_path)]
+        async with await anyio.open_process(
+            command, env=environment(emulator), cwd=ROOT, stderr=subprocess.PIPE
+        ) as process:
+            with anyio.fail_after(20):
+                while not emulator.predictions:  # noqa: ASYNC110 (another process)
+                    await anyio.sleep(0.01)
+            process.send_signal(signal.SIGINT)
+            with anyio.fail_after(20):
+                assert await process.wait() == 130
+            err = await _read_all(process.stderr)
+        (prediction,) = emulator.predictions
+        assert f"prediction {prediction.id} created" in err
+        assert str(prediction.status) == "canceled"
+
+
+async def test_get_says_why_it_could_not(tmp_path: Path) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    async with Emulator(duration=0.05) as emulator:
+        out = tmp_path / "out"
+        assert (await cli("run", MODEL, "--prompt", "a", "--out", out, emulator=emulator)).code == 0
+        (prediction,) = emulator.predictions
+        ran = await cli("get", prediction.id, "--out", afile, emulator=emulator)
+        assert ran.code == 2
+        assert "is a file, not a folder" in ran.err
+        ran = await cli("get", prediction.id, emulator=emulator, key="wrong")
+        assert ran.code == 1
+        assert "401" in ran.err
+        # Its file's name is taken by a folder: the download fails, and says how to retry.
+        blocked = tmp_path / "blocked"
+        (blocked / f"{prediction.id}-0.jpg").mkdir(parents=True)
+        ran = await cli("get", prediction.id, "--out", blocked, emulator=emulator)
+        assert ran.code == 1
+        assert f"could not download the files of prediction {prediction.id}" in ran.err
+        assert f"quickrouter-async get {prediction.id} --out {blocked}" in ran.err
+        assert "Traceback" not in ran.text
+
+
+async def test_ctrl_c_during_get_ends_quietly(tmp_path: Path) -> None:
+    # A server that takes the request and never answers.
+    connected = anyio.Event()
+
+    async def hold(stream: anyio.abc.SocketStream) -> None:
+        async with stream:
+            await stream.receive()
+            connected.set()
+            await anyio.sleep_forever()
+
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)  # noqa: S610 (not Django)
+    async with listener, anyio.create_task_group() as group:
+        group.start_soon(listener.serve, hold)
+        command = [*COMMAND, "get", "someid", "--base-url", f"http://127.0.0.1:{port}"]
+        env = {**environment(None), "QUICKROUTER_API_KEY": "k"}
+        async with await anyio.open_process(
+            command, env=env, cwd=ROOT, stderr=subprocess.PIPE
+        ) as process:
+            with anyio.fail_after(20):
+                await connected.wait()
+            process.send_signal(signal.SIGINT)
+            with anyio.fail_after(20):
+                assert await process.wait() == 130
+            assert "Traceback" not in await _read_all(process.stderr)
+        group.cancel_scope.cancel()

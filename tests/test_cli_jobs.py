@@ -133,7 +133,7 @@ async def test_demo_refuses_a_job_folder_and_leaves_it_as_it_was(tmp_path: Path)
     before = {path.name: path.read_bytes() for path in out.iterdir() if path.name != "journal.lock"}
     ran = await cli("demo", "--out", out)
     assert ran.code == 2
-    assert "holds a batch job" in ran.err
+    assert "holds another job" in ran.err
     after = {path.name: path.read_bytes() for path in out.iterdir() if path.name != "journal.lock"}
     assert after == before
     # Nor a folder of other files; an earlier demo is replaced.

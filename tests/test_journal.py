@@ -9,7 +9,15 @@ import stat
 from typing import TYPE_CHECKING
 
 import pytest
-from quickrouter_async._journal import JOURNAL_NAME, Entry, Journal, JournalError, Problem, State
+from quickrouter_async._journal import (
+    JOURNAL_NAME,
+    Entry,
+    Journal,
+    JournalError,
+    Problem,
+    State,
+    _problem,
+)
 from quickrouter_async._reconcile import reconcile
 
 if TYPE_CHECKING:
@@ -232,3 +240,25 @@ async def test_the_journal_honours_the_umask(tmp_path: Path) -> None:
             await journal.aclose()
     finally:
         os.umask(old)
+
+
+async def test_a_journal_that_cannot_be_made(tmp_path: Path) -> None:
+    with pytest.raises(JournalError) as info:
+        await Journal.open(tmp_path / "missing" / JOURNAL_NAME)
+    assert info.value.problem is Problem.OTHER
+    assert "No such file or directory" in info.value.reason
+
+
+async def test_many_edits_are_counted_whole_and_named_by_the_first(tmp_path: Path) -> None:
+    journal = await Journal.open(tmp_path / JOURNAL_NAME)
+    try:
+        await reconcile(journal, _entries(40), accept_edits=False)
+        changes = await reconcile(journal, _entries(40, prefix="x"), accept_edits=False)
+        assert changes.changed.count == 40
+        assert changes.changed.numbers == list(range(1, 11))
+    finally:
+        await journal.aclose()
+
+
+def test_sqlite_failures_of_other_kinds_are_other() -> None:
+    assert _problem(sqlite3.OperationalError("disk I/O error")) is Problem.OTHER

@@ -9,12 +9,12 @@ import anyio
 
 import quickrouter_async as qr
 
-from .._journal import JOURNAL_NAME, JournalError
+from .._journal import JOURNAL_NAME
 from .._serde import input_payload
 from ..testing import Emulator
 from ._batch import BatchOptions, Kind
-from ._execute import journal_message, run_batch
-from ._job import Refused, kind_of, remove_job_files
+from ._execute import run_batch
+from ._job import Refused, remove_job_files
 from ._lock import LOCK_NAME, JobLock, Locked
 from ._progress import interactive
 from ._status import EXIT_USAGE, say
@@ -62,16 +62,14 @@ async def _check(out: Path) -> None:
     if not names:
         return
     if JOURNAL_NAME in names:
-        kind = await kind_of(out / JOURNAL_NAME)
-        if kind == Kind.DEMO.value:
-            return
+        # Read from the demo's own inputs, not the journal: a check writes nothing, and
+        # the demos of every release left the same file.
         inputs = anyio.Path(out / INPUTS_NAME)
-        # The first release marked no journal; its demo left the same inputs.jsonl.
-        if kind is None and await inputs.exists() and await inputs.read_text() == _lines():
+        if await inputs.exists() and await inputs.read_text(encoding="utf-8") == _lines():
             return
         raise Refused(
-            f"{out} holds a {kind or 'batch'} job: demo never writes into another job's "
-            "folder; use a new or empty --out folder"
+            f"{out} holds another job: demo never writes into another job's folder; use a "
+            "new or empty --out folder"
         )
     raise Refused(
         f"{out} is not empty and holds no earlier demo: demo writes only into a new or "
@@ -104,8 +102,6 @@ async def run_demo(out: Path, interrupt: anyio.Event | None = None) -> int:
                 return await run_batch(client, options, interrupt=interrupt, locked=True)
     except (Refused, Locked) as exc:
         say(f"error: {exc}")
-    except JournalError as exc:
-        say(journal_message(exc))
     except OSError as exc:
         say(f"error: {exc.filename or out}: {exc.strerror or exc}")
     return EXIT_USAGE

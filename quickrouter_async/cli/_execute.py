@@ -19,7 +19,7 @@ from ._job import Refused, open_job
 from ._lock import Locked
 from ._output import write_results
 from ._progress import Display, Tally
-from ._status import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, say
+from ._status import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, clip, say
 
 if TYPE_CHECKING:
     from .._client import QuickRouter
@@ -111,7 +111,8 @@ async def run_batch(
                 say(f"note: {note}")
             code = await _run(client, job, options, interrupt)
     except (Refused, Locked) as exc:
-        say(f"error: {exc}")
+        for line in str(exc).splitlines():
+            say(f"error: {line}")
         return EXIT_USAGE
     except JournalError as exc:
         say(journal_message(exc))
@@ -171,40 +172,28 @@ async def _write_files(batch: Batch, options: BatchOptions) -> None:
     journal, out = batch.journal, options.out
     try:
         await journal.export(lambda entries: write_results(out / RESULTS_NAME, entries))
+        try:
+            await journal.export(lambda entries: write_gallery(out / GALLERY_NAME, entries))
+        except (OSError, UnicodeError, ValueError) as exc:
+            # The gallery is a view of results.jsonl: the job is whole without it.
+            say(f"warning: could not write {out / GALLERY_NAME}: {exc}")
     except (JournalError, OSError) as exc:
         batch.fatal = batch.fatal or exc
-        return
-    try:
-        await journal.export(lambda entries: write_gallery(out / GALLERY_NAME, entries))
-    except JournalError as exc:
-        batch.fatal = batch.fatal or exc
-    except (OSError, UnicodeError, ValueError) as exc:
-        # The gallery is a view of results.jsonl: the job is whole without it.
-        say(f"warning: could not write {out / GALLERY_NAME}: {exc}")
 
 
 async def _show_troubles(batch: Batch, options: BatchOptions) -> None:
     """The first inputs that did not succeed, with why (results.jsonl has them all)."""
-    try:
-        troubles = await batch.journal.troubles(_TROUBLES_SHOWN)
-    except JournalError:
-        return  # only a courtesy: the summary has been said
+    troubles = await batch.journal.troubles(_TROUBLES_SHOWN)
     for entry in troubles:
         status = entry.result()["status"]
-        error = str(entry.error)
-        error = error if len(error) <= _ERROR_SHOWN else error[:_ERROR_SHOWN] + "..."
-        say(f"{options.source.name}:{entry.line}: {status}: {error}")
+        say(f"{options.source.name}:{entry.line}: {status}: {clip(str(entry.error), _ERROR_SHOWN)}")
     if troubles:
         say(f"(every input's status and error: {options.out / RESULTS_NAME})")
 
 
 async def _conclude(batch: Batch, job: Job, options: BatchOptions, *, interrupted: bool) -> int:
     await _write_files(batch, options)
-    try:
-        counts = await batch.journal.counts()
-    except JournalError as exc:
-        say(failure_message(batch.fatal or exc))
-        return EXIT_FAILED
+    counts = await batch.journal.counts()
     total, done, succeeded = job.total, counts["done"], counts["succeeded"]
     doubt = counts["in_doubt"]
     say(

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING, Final
 
 from .._errors import NotFoundError, QuickRouterError
 from ._run import check_out, save
-from ._status import EXIT_FAILED, EXIT_OK, EXIT_USAGE, say
+from ._status import EXIT_FAILED, EXIT_OK, EXIT_USAGE, clip, say
 
 if TYPE_CHECKING:
     import datetime as dt
@@ -25,12 +25,6 @@ def _when(value: dt.datetime | None) -> str:
     return "-" if value is None else value.isoformat()
 
 
-def _url(url: str) -> str:
-    if len(url) <= _URL_SHOWN:
-        return url
-    return f"{url[:_URL_SHOWN]}... ({len(url)} characters)"
-
-
 def describe(prediction: Prediction) -> list[str]:
     """The lines ``get`` prints for ``prediction``."""
     lines = [
@@ -46,7 +40,9 @@ def describe(prediction: Prediction) -> list[str]:
     if prediction.error:
         lines.append(f"error:     {prediction.error}")
     urls = prediction.output_urls
-    lines.extend(f"{'output:' if n == 0 else '':<11}{_url(url)}" for n, url in enumerate(urls))
+    lines.extend(
+        f"{'output:' if n == 0 else '':<11}{clip(url, _URL_SHOWN)}" for n, url in enumerate(urls)
+    )
     if prediction.data_removed:
         lines.append("output:    removed by the server (it keeps files for an hour)")
     return lines

@@ -20,8 +20,7 @@ from typing import TYPE_CHECKING, Final
 import anyio
 import attrs
 
-from .._errors import InputError
-from .._journal import JOURNAL_NAME, Journal, read_meta
+from .._journal import JOURNAL_NAME, Journal
 from .._reconcile import reconcile
 from . import _lines
 from ._batch import Kind
@@ -35,7 +34,7 @@ if TYPE_CHECKING:
     from .._reconcile import Changes, Lines
     from ._batch import BatchOptions
 
-__all__ = ["OUTPUTS", "Job", "Refused", "kind_of", "open_job", "remove_job_files"]
+__all__ = ["OUTPUTS", "Job", "Refused", "open_job", "remove_job_files"]
 
 # Files a finished job leaves: a folder holding them without a journal holds another job.
 OUTPUTS: Final = (RESULTS_NAME, GALLERY_NAME)
@@ -69,7 +68,7 @@ async def _scan(source: Path, model: str | None) -> _lines.Scan:
     if found.invalid:
         shown = "\n".join(found.messages(source.name))
         raise Refused(
-            f"{shown}\nerror: {found.invalid} invalid line(s) in {source}; nothing was submitted"
+            f"{shown}\n{found.invalid} invalid line(s) in {source}; nothing was submitted"
         )
     return found
 
@@ -172,11 +171,10 @@ class _Opening:
         """Match the file with the journal; return the number of inputs."""
         options = self.options
         found = await _scan(options.source, model)
+        # A line that turns invalid while this runs (the file edited meanwhile) raises
+        # InputError naming it: the transaction is rolled back, the command says so.
         entries = _lines.entries(options.source, model)
-        try:
-            changes = await reconcile(journal, entries, accept_edits=options.accept_edits)
-        except InputError as exc:
-            raise Refused(f"{exc}: the input file changed while it was read") from None
+        changes = await reconcile(journal, entries, accept_edits=options.accept_edits)
         if not changes.applied:
             meta = await journal.meta()
             started = meta.get("source")
@@ -230,13 +228,3 @@ async def open_job(options: BatchOptions, *, locked: bool = False) -> AsyncItera
             yield Job(journal=journal, total=total, notes=opening.notes)
         finally:
             await journal.aclose()
-
-
-async def kind_of(path: Path) -> str | None:
-    """The ``kind`` the journal at ``path`` recorded (None: the first release wrote none).
-
-    Raises:
-        JournalError: it cannot be read.
-    """
-    meta = await anyio.to_thread.run_sync(read_meta, path)
-    return meta.get("kind")

@@ -11,6 +11,7 @@ SQLite's own locking or the ``filelock`` package.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import fcntl
 import json
@@ -47,25 +48,25 @@ def _holder(descriptor: int) -> str:
 def _acquire(path: Path) -> int:
     # 0o666 and the umask decide the mode, as for every file the job writes.
     descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    locked = False
     try:
         fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        locked = True
     except BlockingIOError:
-        holder = _holder(descriptor)
-        os.close(descriptor)
         raise Locked(
-            f"{path.parent} is in use by another quickrouter-async run ({holder}); "
-            "wait for it to finish, or stop it, then run the command again"
+            f"{path.parent} is in use by another quickrouter-async run "
+            f"({_holder(descriptor)}); wait for it to finish, or stop it, then run the "
+            "command again"
         ) from None
-    except BaseException:
-        os.close(descriptor)
-        raise
+    finally:
+        if not locked:
+            os.close(descriptor)
     since = dt.datetime.now().astimezone().isoformat(timespec="seconds")
     record = {"pid": os.getpid(), "host": socket.gethostname(), "since": since}
-    try:
+    # Who holds it is only for messages; a full disk is reported by the job itself.
+    with contextlib.suppress(OSError):
         os.ftruncate(descriptor, 0)
         os.pwrite(descriptor, (json.dumps(record) + "\n").encode(), 0)
-    except OSError:
-        pass  # who holds it is only for messages; a full disk is reported by the job
     return descriptor
 
 
@@ -79,7 +80,7 @@ class JobLock:
 
     def __init__(self, folder: Path) -> None:
         self.path = folder / LOCK_NAME
-        self._descriptor: int | None = None
+        self._descriptor = -1
 
     async def __aenter__(self) -> Self:
         self._descriptor = await anyio.to_thread.run_sync(_acquire, self.path)
@@ -91,7 +92,5 @@ class JobLock:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        if self._descriptor is not None:
-            # Closing the file releases the lock; the holder record goes with the next one.
-            os.close(self._descriptor)
-            self._descriptor = None
+        # Closing the file releases the lock; the holder record goes with the next one.
+        os.close(self._descriptor)

@@ -7,6 +7,7 @@ flag: command lines end up in shell histories and process lists), and is never p
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -23,9 +24,6 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
 
     from .._client import QuickRouter
-
-# Set to see the traceback of an unexpected failure instead of its one-line message.
-DEBUG_ENV = "QUICKROUTER_DEBUG"
 
 
 def _positive_int(text: str) -> int:
@@ -157,6 +155,10 @@ def _api_key(options: argparse.Namespace) -> str:
     except OSError as exc:
         message = f"cannot read --api-key-file {options.api_key_file}: {exc.strerror}"
         raise InputError(message) from None
+    except UnicodeDecodeError:
+        # Not quoted: whatever the file holds may be (part of) a key.
+        message = f"--api-key-file {options.api_key_file} is not UTF-8 text"
+        raise InputError(message) from None
 
 
 def _api_key_or_fail(options: argparse.Namespace) -> str:
@@ -188,9 +190,23 @@ async def _until_interrupted(work: Callable[[anyio.Event], Awaitable[int]]) -> i
     return code
 
 
+def _text_arguments(options: argparse.Namespace) -> None:
+    """Refuse ``--prompt`` and ``--set`` values that are not valid text.
+
+    Bytes of the command line that are not UTF-8 reach Python as lone surrogates; sent
+    on, they would be billed as a garbled prompt.
+    """
+    for text in (options.prompt, *options.settings):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InputError("--prompt and --set take UTF-8 text; this is not") from None
+
+
 def _run(options: argparse.Namespace) -> int:
     from ._run import build_input, run_one  # noqa: PLC0415
 
+    _text_arguments(options)
     payload = build_input(options.model, options.prompt, options.settings)
     key = _api_key_or_fail(options)
 
@@ -276,15 +292,13 @@ def _unexpected(exc: BaseException, options: argparse.Namespace) -> int:
     if isinstance(leaf, KeyboardInterrupt):
         return EXIT_INTERRUPTED
     text = f"{type(leaf).__name__}: {leaf}"
-    try:
-        key = _api_key(options) if hasattr(options, "api_key_file") else ""
-    except InputError:
-        key = ""
+    key = ""
+    with contextlib.suppress(InputError, AttributeError):  # no key, or no key options
+        key = _api_key(options)
     if key:
         text = text.replace(key, "[API key]")
     print(  # noqa: T201 (the command's output)
-        f"error: an unexpected failure stopped the command: {text[:2000]} (please report "
-        f"it; {DEBUG_ENV}=1 shows where it happened)",
+        f"error: an unexpected failure stopped the command: {text[:2000]} (please report it)",
         file=sys.stderr,
     )
     return EXIT_FAILED
@@ -303,7 +317,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)  # noqa: T201 (the command's output)
         return EXIT_USAGE
-    except (Exception, BaseExceptionGroup, KeyboardInterrupt) as exc:
-        if os.environ.get(DEBUG_ENV):
-            raise
+    except (Exception, BaseExceptionGroup, KeyboardInterrupt) as exc:  # noqa: BLE001
+        # The last resort, so that the command never ends in a traceback.
         return _unexpected(exc, options)

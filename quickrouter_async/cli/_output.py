@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from typing import TYPE_CHECKING, Final, TextIO, TypeVar
+from typing import TYPE_CHECKING, TextIO, TypeVar
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -21,19 +21,17 @@ if TYPE_CHECKING:
 
 __all__ = ["atomic_write", "write_results"]
 
-_ATTEMPTS: Final = 100
 _T = TypeVar("_T")
 
 
 def _temporary(target: Path) -> tuple[int, Path]:
-    """A new file beside ``target`` (a hidden ``.part``), opened for writing."""
-    for _ in range(_ATTEMPTS):
-        path = target.with_name(f".{target.name}.{secrets.token_hex(4)}.part")
-        try:
-            return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), path
-        except FileExistsError:
-            continue
-    raise FileExistsError(f"no free temporary name beside {target}")  # pragma: no cover
+    """A new file beside ``target`` (a hidden ``.part``), opened for writing.
+
+    Its 64 random bits make a name that is already taken (``O_EXCL`` then fails with
+    `FileExistsError`) a practical impossibility.
+    """
+    path = target.with_name(f".{target.name}.{secrets.token_hex(8)}.part")
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), path
 
 
 def atomic_write(target: Path, write: Callable[[TextIO], _T]) -> _T:

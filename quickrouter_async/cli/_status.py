@@ -5,12 +5,19 @@ from __future__ import annotations
 import sys
 from typing import Final
 
-__all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "say"]
+__all__ = ["EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "clip", "say"]
 
 EXIT_OK: Final = 0
 EXIT_FAILED: Final = 1  # some input or the prediction failed, or the run stopped early
 EXIT_USAGE: Final = 2  # usage, input or folder errors: nothing was sent
 EXIT_INTERRUPTED: Final = 130
+
+
+def clip(text: str, limit: int) -> str:
+    """``text``, cut to its first ``limit`` characters (saying how long it was) if longer."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
 
 
 def say(text: str, *, error: bool = True) -> None:

@@ -4,15 +4,7 @@ Each input moves through the states of `State`, and the journal is written befor
 after every step: ``submitting`` (with the time) before the create is sent, ``submitted``
 with the prediction id as soon as the create answers, ``terminal`` with the final
 prediction, ``done`` once its files are on disk. A process killed at any moment leaves
-each input in a state it can continue from:
-
-- ``pending``: not sent; send it.
-- ``submitting``: the create may or may not have reached the server; look the
-  prediction up (model, input, creation time) before sending anything again.
-- ``in_doubt``: the create may have made a prediction and looking it up failed; it is
-  looked up again on the next run, and sent again only when asked to.
-- ``submitted``: attach to the prediction by id and wait for it.
-- ``terminal``: download the files of a succeeded prediction.
+each input in a state it can continue from (`State` says how).
 
 The file uses WAL mode with ``synchronous=NORMAL``: a committed step survives the death
 of the process (not a power cut of the machine). `sqlite3` is blocking, so every call
@@ -60,7 +52,13 @@ _T = TypeVar("_T")
 
 
 class State(enum.StrEnum):
-    """Where one input of a batch job stands; stored in the journal by its value."""
+    """Where one input of a batch job stands; stored in the journal by its value.
+
+    ``pending``: not sent. ``submitting``: the create may have reached the server; look
+    the prediction up before sending anything again. ``in_doubt``: it may exist and the
+    lookup failed; looked up again on each run, sent again only when asked to.
+    ``submitted``: attach by id and wait. ``terminal``: download the files. ``done``.
+    """
 
     PENDING = "pending"
     SUBMITTING = "submitting"

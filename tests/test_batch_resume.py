@@ -286,3 +286,35 @@ def test_failure_messages_say_what_to_do(tmp_path: Path) -> None:
     assert "the resume attaches to them" in failure_message(full)
     read_only = OSError(errno.EROFS, "Read-only file system")
     assert "the file system is read-only" in failure_message(read_only)
+
+
+async def test_a_job_of_the_first_release_resumes_with_lines_appended(
+    client: qr.QuickRouter, emulator: Emulator, tmp_path: Path
+) -> None:
+    source = _write(tmp_path / "in.jsonl", ["a", "b"])
+    out = tmp_path / "out"
+    assert await run_batch(client, BatchOptions(source=source, out=out, model=MODEL)) == 0
+    # Made into what the first release left: its meta, no `replaced` table, format 0.
+    db = sqlite3.connect(out / JOURNAL_NAME, isolation_level=None)
+    db.executescript(
+        "DELETE FROM meta; DROP TABLE replaced; PRAGMA user_version=0;"
+        "INSERT INTO meta VALUES ('input_sha256', '1b2c'), ('model', 'google/imagen-4');"
+    )
+    db.close()
+    _write(source, ["a", "b", "c"])
+    options = BatchOptions(source=source, out=out, model=MODEL, resume=True)
+    assert await run_batch(client, options) == 0
+    assert _per_input(emulator) == Counter({"a": 1, "b": 1, "c": 1})
+    with sqlite3.connect(out / JOURNAL_NAME) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (1,)
+
+
+async def test_a_folder_whose_lock_cannot_be_made_is_refused(
+    client: qr.QuickRouter, emulator: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = _write(tmp_path / "in.jsonl", ["a"])
+    out = tmp_path / "out"
+    (out / "journal.lock").mkdir(parents=True)
+    assert await run_batch(client, BatchOptions(source=source, out=out, model=MODEL)) == 2
+    assert "journal.lock: Is a directory" in capsys.readouterr().err
+    assert emulator.count() == 0

@@ -117,6 +117,9 @@ async def run_batch(
     except JournalError as exc:
         say(journal_message(exc))
         return EXIT_USAGE
+    except OSError as exc:  # the folder or its lock file could not be made
+        say(f"error: {exc.filename or options.out}: {exc.strerror or exc}")
+        return EXIT_USAGE
     return code
 
 

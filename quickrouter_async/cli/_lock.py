@@ -93,4 +93,5 @@ class JobLock:
         traceback: TracebackType | None,
     ) -> None:
         # Closing the file releases the lock; the holder record goes with the next one.
-        os.close(self._descriptor)
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(os.close, self._descriptor)

@@ -9,6 +9,7 @@ Typical use::
         print(prediction.output)
 """
 
+from ._capabilities import Capabilities
 from ._client import QuickRouter
 from ._config import PollPolicy, RetryPolicy, Timeouts
 from ._errors import (
@@ -16,9 +17,11 @@ from ._errors import (
     AuthenticationError,
     BadRequestError,
     CreateInDoubt,
+    DownloadError,
     InputError,
     InvalidInputError,
     NotFoundError,
+    OutputURLRefused,
     PaymentRequiredError,
     PermissionDeniedError,
     PredictionCanceled,
@@ -34,8 +37,11 @@ from ._errors import (
     WebhookVerificationError,
 )
 from ._fanout import Progress
+from ._gallery import Gallery, gallery
 from ._inputs import Imagen4Input, ModelInput, Seedream4Input
+from ._interrupt import cancel_on_interrupt
 from ._models import Outcome, Prediction, PredictionPage, Status
+from ._ratelimit import CreateLimiter
 from ._receiver import WebhookReceiver
 from ._version import __version__
 from ._webhooks import verify_webhook
@@ -44,13 +50,18 @@ __all__ = [
     "APIError",
     "AuthenticationError",
     "BadRequestError",
+    "Capabilities",
     "CreateInDoubt",
+    "CreateLimiter",
+    "DownloadError",
+    "Gallery",
     "Imagen4Input",
     "InputError",
     "InvalidInputError",
     "ModelInput",
     "NotFoundError",
     "Outcome",
+    "OutputURLRefused",
     "PaymentRequiredError",
     "PermissionDeniedError",
     "PollPolicy",
@@ -75,5 +86,7 @@ __all__ = [
     "WebhookReceiver",
     "WebhookVerificationError",
     "__version__",
+    "cancel_on_interrupt",
+    "gallery",
     "verify_webhook",
 ]

@@ -5,9 +5,13 @@ from __future__ import annotations
 import functools
 import math
 import time
-from typing import TYPE_CHECKING, Any, Self
-from urllib.parse import quote, urlencode
+from typing import TYPE_CHECKING, Any, Final, Self
+from urllib.parse import urlencode
 
+import anyio
+
+from ._capabilities import Capabilities, CapabilityBook
+from ._clock import ServerClock
 from ._config import (
     Duration,
     PollPolicy,
@@ -17,13 +21,26 @@ from ._config import (
     resolve_base_url,
     to_seconds,
 )
-from ._create import build_create, send_create
-from ._errors import AuthenticationError, InputError, WaitTimeout
+from ._create import Creates
+from ._errors import APIError, AuthenticationError, InputError, NotFoundError, short_repr
 from ._fanout import Run
 from ._files import DEFAULT_MAX_BYTES, download_outputs, prediction_of
+from ._interrupt import interruptible
+from ._local_files import read_local_files
 from ._models import Outcome, Prediction
-from ._polling import Push, Schedule, cancel_quietly, raise_for_outcome, wait_for, watch
+from ._output_hosts import output_hosts_of
+from ._polling import (
+    Push,
+    Schedule,
+    cancel_quietly,
+    raise_for_outcome,
+    retry_after,
+    wait_for,
+    watch,
+)
+from ._progressbar import progress_display
 from ._ratelimit import RateLimiter
+from ._request import build_create, prediction_path
 from ._runmany import RunMany, check_inputs, concurrency_of
 from ._serde import parse_page, parse_prediction
 from ._transport import Transport
@@ -32,7 +49,7 @@ from ._version import __version__
 if TYPE_CHECKING:
     import datetime as dt
     import os
-    from collections.abc import AsyncIterator, Mapping
+    from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
     from pathlib import Path
     from types import TracebackType
 
@@ -40,12 +57,18 @@ if TYPE_CHECKING:
 
     from ._fanout import Inputs, InputT, ProgressCallback
     from ._inputs import ModelInput
+    from ._ratelimit import CreateLimiter
 
 __all__ = ["QuickRouter"]
 
-DEFAULT_MAX_CONCURRENCY = 64
+DEFAULT_MAX_CONCURRENCY: Final = 64
+# The default deadline of `run` and of each prediction of `run_many`: the API's own limit
+# for a running prediction (API.md §1), so it never cuts a real one short.
+DEFAULT_RUN_TIMEOUT: Final = 1800.0
 # Connections beyond the in-flight predictions, for cancels and lookups.
-_SPARE_CONNECTIONS = 8
+_SPARE_CONNECTIONS: Final = 8
+# Answers that say a route does not exist on the server (a gateway that does not relay it).
+_NO_ROUTE: Final = frozenset({404, 405})
 
 
 class QuickRouter:
@@ -65,8 +88,20 @@ class QuickRouter:
         poll: how waits learn that a prediction finished.
         max_concurrency: predictions `run_many` keeps in flight by default.
         rate_limit: creates per second; None finds the server's limit by itself.
+        rate_limiter: paces the creates instead of the client's own limiter (one shared
+            by several clients, say); it is awaited before each create and told of
+            each answer (see `CreateLimiter`).
+        capabilities: what the server is known to offer beyond create and get (list,
+            cancel, ``Prefer: wait``, ``ratelimit-*`` headers); anything left None is
+            learned when first needed. See `Capabilities`.
         session: an aiohttp session to borrow instead of creating one.
         allow_http: allow a plain ``http://`` base URL on a non-loopback host.
+        output_hosts: the only hosts `download` fetches output files from, e.g.
+            ``("replicate.delivery", "*.replicate.delivery")`` (``*.`` for subdomains);
+            None (the default) for any host. Link-local and loopback addresses are
+            refused either way, loopback unless the API itself is on loopback.
+        sleep: how the client waits before a retry (``anyio.sleep``); tests pass one
+            that records the waits, or skips them.
     """
 
     def __init__(
@@ -79,8 +114,12 @@ class QuickRouter:
         poll: PollPolicy | None = None,
         max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
         rate_limit: float | None = None,
+        rate_limiter: CreateLimiter | None = None,
+        capabilities: Capabilities | None = None,
         session: aiohttp.ClientSession | None = None,
         allow_http: bool = False,
+        output_hosts: Iterable[str] | None = None,
+        sleep: Callable[[float], Awaitable[None]] | None = None,
     ) -> None:
         if isinstance(max_concurrency, bool) or not isinstance(max_concurrency, int):
             raise InputError("max_concurrency must be an integer", field="max_concurrency")
@@ -89,24 +128,37 @@ class QuickRouter:
         if rate_limit is not None and not rate_limit > 0:
             raise InputError("rate_limit must be positive creates per second", field="rate_limit")
         self.base_url = resolve_base_url(base_url, allow_http=allow_http)
+        self.output_hosts = output_hosts_of(output_hosts)
+        self.output_hosts = output_hosts_of(output_hosts)
         self.max_concurrency = max_concurrency
         self.rate_limit = rate_limit
         self.poll = poll or PollPolicy()
+        if capabilities is not None and not isinstance(capabilities, Capabilities):
+            raise InputError("capabilities must be a qr.Capabilities", field="capabilities")
         key = resolve_api_key(api_key)
         self._has_key = bool(key)  # an empty key is no key
+        retry = retry or RetryPolicy()
+        clock = ServerClock()
         self._transport = Transport(
             base_url=self.base_url,
             api_key=key,
             timeouts=Timeouts.coerce(timeout),
-            retry=retry or RetryPolicy(),
+            retry=retry,
             session=session,
             connections=max_concurrency + _SPARE_CONNECTIONS,
             user_agent=f"quickrouter-async/{__version__}",
+            clock=clock,
+            sleep=anyio.sleep if sleep is None else sleep,
         )
-        self._transport.create_limiter = RateLimiter(
-            rate_limit, max_pause=self._transport.retry.max_retry_after
+        self._capabilities = CapabilityBook(capabilities)
+        self._creates = Creates(
+            self._transport,
+            limiter=rate_limiter or RateLimiter(rate_limit, max_pause=retry.max_retry_after),
+            capabilities=self._capabilities,
+            listing=self._created_since,
+            cancel=self._cancel_quietly,
         )
-        self._schedule = Schedule(self.poll)
+        self._schedule = Schedule(self.poll, clock=clock)
         # Set by a `WebhookReceiver`: waits then learn from webhooks instead of polls.
         self._push: Push | None = None
 
@@ -126,13 +178,25 @@ class QuickRouter:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Close the HTTP session, unless it was borrowed."""
+        """Close the client: settle the creates its callers gave up on, then close the
+        HTTP session (unless it was borrowed).
+
+        A create whose caller left before it answered is still awaited (at most its own
+        timeouts, and never more than a minute and a little), so that the prediction it
+        made can be canceled; any left unanswered are logged.
+        """
+        await self._creates.aclose()
         await self._transport.aclose()
 
     @property
     def timeouts(self) -> Timeouts:
         """The per-request time limits."""
         return self._transport.timeouts
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What the server offers beyond create and get, as far as this client knows."""
+        return self._capabilities.snapshot()
 
     def _require_key(self) -> None:
         if not self._has_key:
@@ -174,6 +238,7 @@ class QuickRouter:
             APIError: the server refused the create.
             CreateInDoubt: the create may have happened and could not be looked up.
         """
+        model_or_input, input = await read_local_files(model_or_input, input)  # noqa: A001
         request = build_create(
             model_or_input,
             input,
@@ -183,25 +248,45 @@ class QuickRouter:
             cancel_after=cancel_after,
         )
         self._require_key()
-        return await send_create(self._transport, request)
+        return await self._creates.create(request)
 
     def _prediction_url(self, prediction_id: str) -> str:
-        # Ids are letters and digits: quoted only when they are not.
-        plain = prediction_id.isascii() and prediction_id.isalnum()
-        segment = prediction_id if plain else quote(prediction_id, safe="")
-        return self._transport.url(f"/v1/predictions/{segment}")
+        return self._transport.url(prediction_path(prediction_id))
 
     async def get(self, prediction: Prediction | str) -> Prediction:
         """Fetch a prediction by id (or refresh a `Prediction`)."""
+        url = self._prediction_url(_id_of(prediction))
         self._require_key()
-        answer = await self._transport.request("GET", self._prediction_url(_id_of(prediction)))
+        answer = await self._transport.request("GET", url)
         return parse_prediction(answer.data)
 
     async def cancel(self, prediction: Prediction | str) -> Prediction:
-        """Cancel a prediction; a terminal one is returned unchanged by the server."""
+        """Cancel a prediction; a terminal one is returned unchanged by the server.
+
+        Raises:
+            NotFoundError: no such prediction, or the server has no cancel route (then
+                `capabilities` says so, and the client stops canceling by itself).
+        """
+        prediction_id = _id_of(prediction)
+        url = self._prediction_url(prediction_id) + "/cancel"
         self._require_key()
-        url = self._prediction_url(_id_of(prediction)) + "/cancel"
-        return parse_prediction((await self._transport.request("POST", url)).data)
+        try:
+            answer = await self._transport.request("POST", url)
+        except APIError as exc:
+            if exc.status in _NO_ROUTE and self._capabilities.cancel is not False:
+                await self._check_cancel_route(prediction_id, exc)
+            raise
+        self._capabilities.learn("cancel", present=True)
+        return parse_prediction(answer.data)
+
+    async def _check_cancel_route(self, prediction_id: str, error: APIError) -> None:
+        """A 404 to a cancel: no such prediction, or no such route? Ask for the prediction."""
+        if error.status == 404:
+            try:
+                await self.get(prediction_id)
+            except NotFoundError:
+                return  # the prediction is what is missing
+        self._capabilities.learn("cancel", present=False, evidence=f"{error.status} to a cancel")
 
     async def list_predictions(
         self,
@@ -220,21 +305,49 @@ class QuickRouter:
         if query:
             url = f"{url}?{urlencode(query)}"
         while url is not None:
-            page = parse_page((await self._transport.request("GET", url)).data)
+            try:
+                answer = await self._transport.request("GET", url)
+            except APIError as exc:
+                if exc.status in _NO_ROUTE:
+                    self._capabilities.learn(
+                        "list_predictions", present=False, evidence=f"{exc.status} to a list"
+                    )
+                raise
+            self._capabilities.learn("list_predictions", present=True)
+            page = parse_page(answer.data)
             for prediction in page.results:
                 yield prediction
             url = self._transport.cursor_url(page.next)
 
+    def _created_since(self, since: dt.datetime) -> AsyncIterator[Prediction]:
+        """The predictions created after ``since``, newest first (for lookups)."""
+        return self.list_predictions(created_after=since)
+
     # -- waiting -----------------------------------------------------------------------
 
-    async def _poll(self, prediction_id: str) -> tuple[Prediction, Mapping[str, str]]:
-        """Fetch a prediction for a wait, with the answer's headers (``Retry-After``)."""
+    async def _poll(self, prediction_id: str) -> tuple[Prediction, float | None]:
+        """Fetch a prediction for a wait, with the wait its answer asks for, if any."""
         answer = await self._transport.request("GET", self._prediction_url(prediction_id))
-        return parse_prediction(answer.data), answer.headers
+        return parse_prediction(answer.data), retry_after(answer.headers)
 
-    async def _give_up(self, prediction_id: str) -> Prediction | None:
-        """Cancel a prediction nobody waits for any more: shielded, bounded in time."""
-        return await cancel_quietly(self.cancel, prediction_id)
+    async def _give_up(self, prediction_id: str) -> Prediction | str:
+        """Cancel a prediction nobody waits for any more: shielded, bounded in time.
+
+        Returns:
+            The prediction as the cancel answered, or why it could not be canceled.
+        """
+        if self._capabilities.cancel is not False:
+            answer = await cancel_quietly(self.cancel, prediction_id)
+            if answer is not None:
+                return answer
+        if self._capabilities.cancel is False:
+            return "the server has no cancel route"
+        return "canceling it on the server failed"
+
+    async def _cancel_quietly(self, prediction_id: str) -> Prediction | None:
+        """Cancel a prediction a create left behind, if the server can; None if not."""
+        answer = await self._give_up(prediction_id)
+        return None if isinstance(answer, str) else answer
 
     def _start(self, prediction: Prediction | str) -> Prediction | str:
         self._require_key()
@@ -252,6 +365,7 @@ class QuickRouter:
         async for snapshot in watch(start, self._poll, self._schedule, push=self._push):
             yield snapshot
 
+    @interruptible  # the stop button of a notebook ends the wait (_interrupt.py)
     async def wait(
         self,
         prediction: Prediction | str,
@@ -277,61 +391,75 @@ class QuickRouter:
             self._start(prediction),
             self._poll,
             self._schedule,
-            transport=self._transport,
+            creates=self._creates,
             deadline=deadline,
+            timeout=seconds,
             give_up=self._give_up if cancel_on_exit else None,
             push=self._push,
         )
 
+    @interruptible  # the stop button of a notebook ends the wait (_interrupt.py)
     async def run(
         self,
         model_or_input: str | ModelInput,
         input: Mapping[str, Any] | ModelInput | None = None,  # noqa: A002
         *,
-        timeout: Duration | None = None,
+        timeout: Duration | None = DEFAULT_RUN_TIMEOUT,
         cancel_on_exit: bool = True,
         webhook: str | None = None,
         webhook_events_filter: list[str] | tuple[str, ...] | None = None,
     ) -> Prediction:
         """Create a prediction and wait for it to succeed.
 
-        The create holds the request open (``Prefer: wait``, up to `PollPolicy.sync_wait`
-        and never past the deadline), so a prediction that finishes within it costs one
-        request; otherwise, or if the server ignores the header, it is polled. When the
-        caller gives up (the deadline, a cancelled task or task group), the prediction
-        is canceled on the server, even one whose create had not answered yet.
+        The create holds the request open (``Prefer: wait``, as `PollPolicy.sync_wait`
+        says and never past the deadline), so a prediction that finishes within it
+        costs one request; otherwise, or if the server ignores the header, it is
+        polled. The create carries the deadline as ``Cancel-After``, so the server stops
+        the prediction by itself even where it cannot be told to. When the caller gives
+        up (the deadline, a cancelled task or task group), the prediction is canceled on
+        the server, even one whose create had not answered yet.
+
+        Args:
+            model_or_input: a typed input, or a model name followed by its input.
+            input: the input when a model name comes first.
+            timeout: the deadline of the whole call, in seconds or a `timedelta`: by
+                default 30 minutes, the API's own limit for a prediction; None waits
+                without one (and sends no ``Cancel-After``). Not to be confused with
+                ``QuickRouter(timeout=)``, the limit of each HTTP request.
+            cancel_on_exit: cancel the prediction on the server when the call ends
+                without it (the deadline, a cancelled task, an error).
+            webhook: an HTTPS URL the server calls as the prediction progresses.
+            webhook_events_filter: which events to send.
 
         Raises:
             PredictionFailed: the prediction failed.
             PredictionCanceled: the prediction was canceled or aborted.
-            WaitTimeout: ``timeout`` passed; the prediction was canceled on the server
-                unless ``cancel_on_exit=False``.
+            WaitTimeout: ``timeout`` passed; its message says whether the prediction was
+                canceled on the server.
         """
         seconds = to_seconds(timeout, name="timeout")
         deadline = math.inf if seconds is None else time.monotonic() + seconds
+        creates = self._creates
+        model_or_input, input = await read_local_files(model_or_input, input)  # noqa: A001
         request = build_create(
             model_or_input,
             input,
-            wait=None,
+            wait=creates.sync_wait(self.poll.sync_wait, seconds),
             webhook=webhook,
             webhook_events_filter=webhook_events_filter,
-            cancel_after=None,
+            cancel_after=creates.cancel_after(seconds),
         )
         self._require_key()
-        try:
-            done = await wait_for(
-                request,
-                self._poll,
-                self._schedule,
-                transport=self._transport,
-                deadline=deadline,
-                give_up=self._give_up if cancel_on_exit else None,
-                push=self._push,
-            )
-        except WaitTimeout as exc:
-            if cancel_on_exit and exc.prediction is not None:
-                exc.args = (f"{exc.args[0]}; canceled on the server",)
-            raise
+        done = await wait_for(
+            request,
+            self._poll,
+            self._schedule,
+            creates=creates,
+            deadline=deadline,
+            timeout=seconds,
+            give_up=self._give_up if cancel_on_exit else None,
+            push=self._push,
+        )
         return raise_for_outcome(done)
 
     def run_many(
@@ -340,8 +468,8 @@ class QuickRouter:
         *,
         concurrency: int | None = None,
         ordered: bool = False,
-        timeout: Duration | None = None,
-        progress: ProgressCallback | None = None,
+        timeout: Duration | None = DEFAULT_RUN_TIMEOUT,
+        progress: ProgressCallback | bool | None = None,
     ) -> RunMany[InputT]:
         """Run many predictions at once, yielding an `Outcome` for each input.
 
@@ -364,15 +492,19 @@ class QuickRouter:
             inputs: typed inputs or ``(model, input)`` pairs, sync or async iterable.
             concurrency: inputs in flight at once; defaults to ``max_concurrency``.
             ordered: yield in input order (at most ``2 * concurrency`` outcomes wait).
-            timeout: the deadline of each prediction, in seconds; past it the
-                prediction is canceled and its outcome has a `WaitTimeout`.
+            timeout: the deadline of each prediction, in seconds (by default 30
+                minutes, as `run`); past it the prediction is canceled and its outcome
+                has a `WaitTimeout`. Each create carries it as ``Cancel-After``.
             progress: called with a `Progress` snapshot each time an input starts or
-                finishes (also readable as the result's ``progress``).
+                finishes (also readable as the result's ``progress``); True draws a
+                progress bar (``tqdm.auto``, the ``progress`` extra) of finished inputs,
+                out of ``len(inputs)`` when the inputs have a length.
 
         Raises:
-            InputError: ``inputs`` is not an iterable, or ``concurrency`` or ``timeout``
-                is invalid.
+            InputError: ``inputs`` is not an iterable, or ``concurrency``, ``timeout`` or
+                ``progress`` is invalid.
             AuthenticationError: the client has no API key.
+            ImportError: ``progress=True`` and tqdm is not installed.
         """
         check_inputs(inputs)
         limit = concurrency_of(concurrency, self.max_concurrency)
@@ -383,12 +515,12 @@ class QuickRouter:
             functools.partial(
                 Run,
                 self,
-                self._transport,
+                self._creates,
                 inputs,
                 concurrency=limit,
                 ordered=ordered,
                 timeout=seconds,
-                progress=progress,
+                progress=progress_display(progress=progress, inputs=inputs),
             )
         )
 
@@ -401,6 +533,7 @@ class QuickRouter:
         *,
         concurrency: int = 4,
         max_bytes: int = DEFAULT_MAX_BYTES,
+        output_hosts: Iterable[str] | None = None,
     ) -> list[Path]:
         """Stream every output file of a prediction into ``dest`` and return the paths.
 
@@ -413,18 +546,28 @@ class QuickRouter:
             dest: the folder, created if missing.
             concurrency: files downloaded at once.
             max_bytes: the largest file accepted.
+            output_hosts: the only hosts files are fetched from, for this call;
+                defaults to the client's ``output_hosts``.
 
         Raises:
             InputError: the target has no prediction.
+            OutputURLRefused: an output's host or address may not be reached.
+            DownloadError: a file could not be saved (full disk, permissions...).
             ProtocolError: an output is not a URL, or is larger than ``max_bytes``.
             TransportError: a file could not be fetched after retries.
         """
+        hosts = self.output_hosts if output_hosts is None else output_hosts_of(output_hosts)
         if isinstance(target, str):
             prediction = await self.get(target)
         else:
             prediction = prediction_of(target)
         return await download_outputs(
-            self._transport, prediction, dest, concurrency=concurrency, max_bytes=max_bytes
+            self._transport,
+            prediction,
+            dest,
+            concurrency=concurrency,
+            max_bytes=max_bytes,
+            output_hosts=hosts,
         )
 
 
@@ -434,4 +577,6 @@ def _id_of(prediction: Prediction | str) -> str:
     value: object = prediction
     if isinstance(value, str) and value.strip():
         return value
-    raise InputError(f"expected a Prediction or an id, got {prediction!r}", field="prediction")
+    raise InputError(
+        f"expected a Prediction or an id, got {short_repr(prediction)}", field="prediction"
+    )

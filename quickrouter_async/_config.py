@@ -7,12 +7,12 @@ import ipaddress
 import math
 import os
 import random
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Literal
 from urllib.parse import urlsplit
 
 import attrs
 
-from ._errors import InputError
+from ._errors import InputError, short_repr
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
@@ -42,11 +42,13 @@ def to_seconds(value: Duration | None, *, name: str) -> float | None:
     if isinstance(value, dt.timedelta):
         seconds = value.total_seconds()
     elif isinstance(value, bool) or not isinstance(value, int | float):
-        raise InputError(f"{name} must be seconds or a timedelta, not {value!r}", field=name)
+        raise InputError(
+            f"{name} must be seconds or a timedelta, not {short_repr(value)}", field=name
+        )
     else:
         seconds = float(value)
     if not seconds >= 0:  # also refuses NaN
-        raise InputError(f"{name} must not be negative, got {value!r}", field=name)
+        raise InputError(f"{name} must not be negative, got {short_repr(value)}", field=name)
     return seconds
 
 
@@ -74,7 +76,9 @@ def _total_limit(value: Duration | None) -> float | None:
 def _wait(value: object, name: str) -> float:
     """A wait: seconds or a timedelta, zero or more."""
     if not isinstance(value, int | float | dt.timedelta):
-        raise InputError(f"{name} must be seconds or a timedelta, not {value!r}", field=name)
+        raise InputError(
+            f"{name} must be seconds or a timedelta, not {short_repr(value)}", field=name
+        )
     seconds = to_seconds(value, name=name)
     assert seconds is not None  # noqa: S101 (to_seconds keeps None only for None)
     return seconds
@@ -94,7 +98,7 @@ def _max_retry_after(value: object) -> float:
 
 def _attempts(value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InputError(f"attempts must be an integer of 1 or more, got {value!r}")
+        raise InputError(f"attempts must be an integer of 1 or more, got {short_repr(value)}")
     return value
 
 
@@ -150,12 +154,20 @@ class RetryPolicy:
     seconds or as an HTTP date, the body's ``retry_after``, ``ratelimit-reset``) is the
     shortest wait, capped at ``max_retry_after``.
 
+    A create whose fate is unknown (a 5xx, a timeout or a reset after it was sent) is
+    looked up in the list of recent predictions where the server has that route. Where
+    it has not, or the lookup fails, ``in_doubt`` decides: ``"raise"`` (the default:
+    at most once) raises `CreateInDoubt`, which carries the input; ``"resend"`` sends
+    the create again, for those who would rather pay twice than lose an image.
+
     Attributes:
         attempts: tries in all, the first one included (1 turns retries off).
         initial: the back-off ceiling of the first retry, in seconds.
         maximum: the largest back-off ceiling, in seconds.
         max_retry_after: the longest server-requested wait that is honoured.
         retry_statuses: HTTP statuses retried for requests that may be repeated.
+        in_doubt: ``"raise"`` or ``"resend"``: what to do with a create in doubt that
+            cannot be looked up.
     """
 
     attempts: int = attrs.field(default=6, converter=_attempts)
@@ -165,6 +177,14 @@ class RetryPolicy:
     retry_statuses: frozenset[int] = attrs.field(
         default=frozenset({429, 500, 502, 503, 504}), converter=_statuses
     )
+    in_doubt: Literal["raise", "resend"] = attrs.field(default="raise")
+
+    @in_doubt.validator
+    def _check_in_doubt(self, _: attrs.Attribute[str], value: object) -> None:
+        if value not in {"raise", "resend"}:
+            raise InputError(
+                f'in_doubt must be "raise" or "resend", got {value!r}', field="in_doubt"
+            )
 
     def backoff_ceiling(self, retry: int) -> float:
         """The upper bound of the wait before the ``retry``-th retry (1-based)."""
@@ -179,7 +199,20 @@ class RetryPolicy:
         return max(min(hint, self.max_retry_after), jittered)
 
 
-def _optional_sync_wait(value: Duration | None) -> float | None:
+AUTO: Final = "auto"
+# The sync waits "auto" chooses: long where a caller that gives up can find its
+# prediction at once (the server lists predictions), short elsewhere.
+SYNC_WAIT_LISTED: Final = 60.0
+SYNC_WAIT_UNLISTED: Final = 5.0
+
+
+def _optional_sync_wait(value: Duration | str | None) -> float | str | None:
+    if value == AUTO:
+        return AUTO
+    if isinstance(value, str):
+        raise InputError(
+            f'sync_wait must be seconds, "auto" or None, got {value!r}', field="sync_wait"
+        )
     return to_seconds(value, name="sync_wait")
 
 
@@ -205,9 +238,16 @@ class PollPolicy:
     finish, and less and less often past it. ``interval`` replaces the learned schedule
     by a fixed one. A server's ``Retry-After`` on a poll is always honoured.
 
+    While a create is held open its prediction's id is not known yet: a caller that
+    gives up meanwhile cannot reach the prediction until the create answers (the client
+    then cancels it by id), unless the server lists predictions, where the client finds
+    and cancels it at once. So ``"auto"`` holds creates 60 s where the server is known
+    to list predictions, and 5 s elsewhere (then polls).
+
     Attributes:
         sync_wait: seconds the create of `run()` is held open with ``Prefer: wait``
-            (1-60; never past the deadline); None sends no ``Prefer`` header.
+            (1-60; never past the deadline); ``"auto"`` (the default) as above; None
+            sends no ``Prefer`` header.
         interval: a fixed gap between two polls, in seconds; None learns a schedule per
             model.
         min_interval: the shortest gap between two polls of one prediction.
@@ -218,15 +258,17 @@ class PollPolicy:
             over its square root and the polls grow as its square root.
     """
 
-    sync_wait: float | None = attrs.field(default=60.0, converter=_optional_sync_wait)
+    sync_wait: float | Literal["auto"] | None = attrs.field(
+        default=AUTO, converter=_optional_sync_wait
+    )
     interval: float | None = attrs.field(default=None, converter=_optional_interval)
     min_interval: float = attrs.field(default=0.1, converter=_min_interval)
     max_interval: float = attrs.field(default=5.0, converter=_max_interval)
     delay_cost: float = attrs.field(default=15.0, converter=float)
 
     @sync_wait.validator
-    def _check_sync_wait(self, _: attrs.Attribute[float | None], value: float | None) -> None:
-        if value is not None and not 1 <= value <= 60:
+    def _check_sync_wait(self, _: attrs.Attribute[object], value: object) -> None:
+        if isinstance(value, float) and not 1 <= value <= 60:
             raise InputError("sync_wait must be between 1 and 60 seconds", field="sync_wait")
 
     @interval.validator

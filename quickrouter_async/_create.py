@@ -1,329 +1,478 @@
-"""Creating a prediction exactly once.
+"""`Creates`: the one owner of creates. Exactly once, and nothing left running.
 
-A create whose fate is unknown (a 5xx, a broken answer, a timeout or a reset after the
-request was sent) is never sent again blindly. The recent predictions are listed, newest
-first, and matched on model, input and creation time; a match is attached to. Only when
-the prediction is certainly absent (two lookups a moment apart found nothing) is the
-input sent once more; when the lookup itself fails, `CreateInDoubt` carries the input.
+Every create of a client goes through here. The pieces:
 
-Two submissions of the same input never attach to one prediction. Each client keeps a
-ledger: the ids its creates were answered with or attached to are claimed and never
-matched again, and a lookup for an input first waits until no other create of that same
-input is under way (and holds new ones back), so every prediction the lookup can see
-belongs either to a claimed create or to one whose fate is in doubt.
+- the create-rate limiter, awaited before each attempt and told of each answer;
+- the `Ledger` of the predictions this client's creates made;
+- what the server offers (`CapabilityBook`), learned from the creates' answers
+  (``ratelimit-*`` headers, whether ``Prefer: wait`` is honoured);
+- creates in doubt (a 5xx, a broken answer, a timeout or a reset after sending): the
+  prediction is looked up with `find_created` where the server lists predictions and
+  attached to; only when it is certainly absent is the create sent again. Where it
+  cannot be looked up, ``RetryPolicy.in_doubt`` decides: `CreateInDoubt` (the default)
+  or a resend;
+- creates their caller gives up on: the request is sent by a task the client owns, so
+  its answer is still awaited (bounded by its timeouts) when the caller leaves, and the
+  prediction it made is then canceled by id. Where the server lists predictions, it is
+  also looked up and canceled at once. `aclose` waits for these (bounded) and logs what
+  it could not cancel.
 
-Creation times are compared on the server's clock, learned from its ``Date`` headers,
-so a client whose clock is wrong still finds its predictions; without a ``Date`` header
-the local clock is used with a generous allowance.
+Retries go through the transport's one retry loop: a create is sent again only when the
+server certainly did not act on it (a 429, a connection never made, or a lookup that
+found nothing).
 """
 
 from __future__ import annotations
 
-import datetime as dt
+import asyncio
 import logging
+import math
 import time
 from typing import TYPE_CHECKING, Final
 
 import anyio
 
-from ._errors import CreateInDoubt, QuickRouterError
-from ._request import CreateRequest, build_create, input_key
-from ._serde import parse_page, parse_prediction
-from ._transport import create_in_doubt
+from ._config import AUTO, SYNC_WAIT_LISTED, SYNC_WAIT_UNLISTED
+from ._errors import (
+    APIError,
+    CreateInDoubt,
+    ProtocolError,
+    QuickRouterError,
+    RateLimitError,
+    TransportError,
+)
+from ._http import header, remaining_creates
+from ._ledger import Ledger
+from ._lookup import Found, Wanted, find_created, window_start
+from ._request import MIN_CANCEL_AFTER
+from ._serde import parse_prediction
+from ._transport import in_doubt
 
 if TYPE_CHECKING:
-    from collections.abc import Set as AbstractSet
+    import datetime as dt
+    from collections.abc import AsyncIterable, Awaitable, Callable, Collection, Sequence
 
+    from ._capabilities import CapabilityBook
+    from ._ledger import Creating
     from ._models import Prediction
-    from ._transport import Transport
+    from ._ratelimit import CreateLimiter
+    from ._request import CreateRequest
+    from ._transport import Response, Transport
 
-__all__ = [
-    "CLOCK_SKEW",
-    "CreateRequest",
-    "Ledger",
-    "build_create",
-    "input_key",
-    "is_claimed",
-    "matches_request",
-    "send_create",
-]
+    Listing = Callable[[dt.datetime], AsyncIterable[Prediction]]
+    Cancel = Callable[[str], Awaitable[Prediction | None]]
+
+__all__ = ["Creates"]
 
 logger = logging.getLogger(__name__)
 
-# Without a Date header the local clock may be this far off the server's: a prediction
-# stamped this much before its create was sent may still be the one it made.
-CLOCK_SKEW: Final = dt.timedelta(seconds=120)
-# With one: its whole-second resolution, the network's delay and a clock per server.
-_DATE_MARGIN: Final = dt.timedelta(seconds=10)
-_LOOKUP_PAGES: Final = 10
-# A create the server is still working on when its connection broke may appear a
-# moment later: an empty lookup is repeated once after this share of a back-off.
-_SETTLE_LOOKUPS: Final = 2
-# Claimed ids are kept this long; lookups only consider younger predictions.
-_CLAIM_SECONDS: Final = 3600.0
+# A held create must answer before the deadline: it is held this much less.
+_ANSWER_MARGIN: Final = 0.5
+# A held create must answer this long after its wait at most.
+_HELD_EXTRA: Final = 5.0
+# A create cut short may reach the server after the first lookup: an empty lookup is
+# repeated once, this long later.
+_SETTLE_PAUSE: Final = 0.5
+# The longest `aclose` waits for the answers of creates given up on.
+_CLOSE_GRACE: Final = 70.0
+# A sync create answered this early (its wait unused) was not held.
+_UNHELD_SHARE: Final = 0.5
 
 
-def matches_request(prediction: Prediction, request: CreateRequest) -> bool:
-    """Whether ``prediction`` may be the one ``request`` made: same model and input.
-
-    The model is ``owner/name`` or ``owner/name:version``; whatever the prediction
-    leaves out (or hides, as ``"hidden"``) is not held against it. Inputs are compared
-    as JSON values, as the server echoes them (API.md: defaults are not filled in).
-    """
-    name, _, version = request.model.partition(":")
-    if prediction.model is not None and prediction.model != name:
-        return False
-    if version and prediction.version not in {None, "hidden", version}:
-        return False
-    return prediction.input == request.input
-
-
-def _matches(prediction: Prediction, request: CreateRequest, since: dt.datetime) -> bool:
-    """`matches_request`, and created no earlier than ``since`` less the clock allowance."""
-    if prediction.created_at is not None and prediction.created_at < since - CLOCK_SKEW:
-        return False
-    return matches_request(prediction, request)
-
-
-class _Input:
-    """The creates of one input: how many are under way, and the gate lookups hold.
-
-    The lock and the event are made only when a lookup needs them: a create that meets
-    no lookup costs no synchronization object and no trip through the event loop.
+class _NotCreated(QuickRouterError):
+    """A create in doubt whose prediction a lookup found certainly absent (or that the
+    policy sends again): worth another attempt. Carries the create's own error.
     """
 
-    __slots__ = ("_gate", "_idle", "sending", "users")
-
-    def __init__(self) -> None:
-        self.users = 0
-        self.sending = 0
-        self._gate: anyio.Lock | None = None
-        self._idle: anyio.Event | None = None
-
-    @property
-    def gate(self) -> anyio.Lock:
-        """Held by a lookup for this input: no create of it starts meanwhile."""
-        if self._gate is None:
-            self._gate = anyio.Lock()
-        return self._gate
-
-    def begin_nowait(self) -> bool:
-        """Count a create as under way unless a lookup for this input runs (False)."""
-        if self._gate is not None and self._gate.locked():
-            return False
-        self.sending += 1
-        return True
-
-    async def begin(self) -> None:
-        if self._gate is not None and self._gate.locked():
-            async with self._gate:  # waits while a lookup for this input runs
-                self.sending += 1
-        else:
-            self.sending += 1
-
-    def end(self) -> None:
-        self.sending -= 1
-        if self.sending == 0 and self._idle is not None:
-            self._idle.set()
-            self._idle = None
-
-    async def settle(self) -> None:
-        """Wait until no create of this input is under way (the gate is held)."""
-        while self.sending:
-            if self._idle is None:
-                self._idle = anyio.Event()
-            await self._idle.wait()
+    def __init__(self, error: QuickRouterError) -> None:
+        super().__init__(f"the prediction was not created ({error})")
+        self.error = error
 
 
-class Ledger:
-    """One client's claimed prediction ids and its creates under way, by input (kept
-    on the client's transport).
-    """
-
-    def __init__(self) -> None:
-        self.claimed: dict[str, float] = {}
-        self.inputs: dict[str, _Input] = {}
-
-    def claim(self, prediction_id: str) -> None:
-        now = time.monotonic()
-        claimed = self.claimed
-        if claimed and now - next(iter(claimed.values())) >= _CLAIM_SECONDS:
-            self._forget(now)
-        claimed.pop(prediction_id, None)
-        claimed[prediction_id] = now
-
-    def _forget(self, now: float) -> None:
-        """Forget, oldest first (insertion order), the ids no lookup can match any more."""
-        stale = []
-        for old, claimed_at in self.claimed.items():
-            if now - claimed_at < _CLAIM_SECONDS:
-                break
-            stale.append(old)
-        for old in stale:
-            del self.claimed[old]
-
-    def enter(self, key: str) -> _Input:
-        entry = self.inputs.get(key)
-        if entry is None:
-            entry = self.inputs[key] = _Input()
-        entry.users += 1
-        return entry
-
-    def leave(self, key: str, entry: _Input) -> None:
-        entry.users -= 1
-        if entry.users == 0:
-            del self.inputs[key]
-
-
-def _ledger(transport: Transport) -> Ledger:
-    ledger = transport.ledger
-    if ledger is None:
-        ledger = transport.ledger = Ledger()
-    return ledger
-
-
-def is_claimed(transport: Transport, prediction_id: str) -> bool:
-    """Whether a create of this client was answered with, or attached to, this id."""
-    return prediction_id in _ledger(transport).claimed
-
-
-def _window_start(transport: Transport, sent_at: float) -> dt.datetime:
-    """The earliest server time the prediction of a create sent at ``sent_at`` may carry."""
-    if transport.clock_offset is None:
-        return dt.datetime.fromtimestamp(sent_at, dt.UTC) - CLOCK_SKEW
-    server = sent_at + transport.clock_offset
-    return dt.datetime.fromtimestamp(server, dt.UTC) - _DATE_MARGIN
-
-
-async def _look_up(
-    transport: Transport, request: CreateRequest, sent_at: float, taken: AbstractSet[str]
-) -> Prediction | None:
-    """Find the prediction a create in doubt made, newest first; None if certainly absent.
-
-    Raises:
-        CreateInDoubt: too many predictions were created since to look through.
-        QuickRouterError: listing failed (after the retries a GET is allowed).
-    """
-    url: str | None = transport.url("/v1/predictions")
-    for _ in range(_LOOKUP_PAGES):
-        if url is None:
-            return None
-        page = parse_page((await transport.request("GET", url)).data)
-        # The listing's own Date header has just set the clock offset, if it was unknown.
-        since = _window_start(transport, sent_at)
-        for prediction in page.results:
-            if prediction.id in taken or is_claimed(transport, prediction.id):
-                continue
-            if prediction.created_at is not None and prediction.created_at < since:
-                continue
-            if matches_request(prediction, request):
-                return prediction
-        oldest = page.results[-1].created_at if page.results else None
-        if oldest is None or oldest < since:
-            return None
-        url = transport.cursor_url(page.next)
-    raise CreateInDoubt(
-        "could not tell whether the prediction was created: too many predictions were "
-        "created since to look through; it may exist",
-        model=request.model,
-        input=request.input,
-    )
-
-
-async def _resolve(
-    transport: Transport,
-    request: CreateRequest,
-    *,
-    entry: _Input,
-    sent_at: float,
-    taken: AbstractSet[str],
-    error: QuickRouterError,
-) -> Prediction | None:
-    """The prediction a create in doubt made, or None when it certainly made none."""
-    logger.info("create of %s in doubt (%s); looking it up", request.model, error)
-    async with entry.gate:
-        await entry.settle()
-        for lookup in range(_SETTLE_LOOKUPS):
-            if lookup:
-                await transport.sleep(transport.retry.backoff_ceiling(1))
-            try:
-                found = await _look_up(transport, request, sent_at, taken)
-            except CreateInDoubt as doubt:
-                raise doubt from error
-            except QuickRouterError as lookup_error:
-                raise CreateInDoubt(
-                    f"the create failed ({error}) and looking the prediction up failed too "
-                    f"({lookup_error}); it may exist",
-                    model=request.model,
-                    input=request.input,
-                ) from error
-            if found is not None:
-                _ledger(transport).claim(found.id)
-                logger.info("attached to prediction %s after a create in doubt", found.id)
-                return found
-    return None
-
-
-async def send_create(
-    transport: Transport, request: CreateRequest, *, taken: AbstractSet[str] = frozenset()
-) -> Prediction:
-    """Create the prediction once, resolving any doubt about its fate by looking it up.
+class Creates:
+    """Sends every create of one client, exactly once where the server allows it.
 
     Args:
-        transport: the transport.
-        request: the validated create.
-        taken: more ids that must not be attached to (predictions already watched).
-
-    Raises:
-        APIError: the server refused the create (after the retries a 429 is allowed),
-            or kept failing while the prediction was certainly never made.
-        TransportError: no answer, and the prediction was certainly never made.
-        CreateInDoubt: the prediction may exist and could not be looked up.
-        ProtocolError: the answers were broken and no prediction could be found.
+        transport: the HTTP layer.
+        limiter: paces the creates.
+        capabilities: what the server offers, learned as it goes.
+        listing: the account's predictions created after a moment, newest first.
+        cancel: cancels a prediction by id, quietly (None when it could not).
     """
-    ledger = _ledger(transport)
-    key = request.key
-    entry = ledger.enter(key)
-    try:
-        sent_at = time.time()
-        extra = 0.0 if request.sync_wait is None else request.sync_wait + 5.0
-        for round_ in range(1, transport.retry.attempts + 1):
-            if not entry.begin_nowait():
-                await entry.begin()
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        limiter: CreateLimiter,
+        capabilities: CapabilityBook,
+        listing: Listing,
+        cancel: Cancel,
+    ) -> None:
+        self._transport = transport
+        self.limiter = limiter
+        self.capabilities = capabilities
+        self._listing = listing
+        self._cancel = cancel
+        self.ledger = Ledger()
+        # Tasks that settle creates given up on, and when each will be done at the latest.
+        self._orphans: dict[asyncio.Task[None], float] = {}
+
+    def __repr__(self) -> str:
+        return f"<Creates {len(self._orphans)} given up on>"
+
+    # -- what to send ----------------------------------------------------------------------
+
+    def sync_wait(self, policy: float | str | None, remaining: float | None) -> int | None:
+        """The ``Prefer: wait`` seconds for a create: the policy's, resolved and capped.
+
+        ``"auto"`` is long where the server is known to list predictions and short
+        elsewhere; nothing is held where the server is known to ignore it, nor past the
+        deadline (``remaining`` seconds, less a margin for the answer).
+        """
+        if policy is None or self.capabilities.sync_wait is False:
+            return None
+        if policy == AUTO:
+            listed = self.capabilities.list_predictions
+            wait = math.ceil(SYNC_WAIT_LISTED if listed else SYNC_WAIT_UNLISTED)
+        else:
+            wait = math.ceil(float(policy))
+        if remaining is not None:
+            wait = min(wait, math.floor(remaining - _ANSWER_MARGIN))
+        return wait if wait >= 1 else None
+
+    @staticmethod
+    def cancel_after(remaining: float | None) -> float | None:
+        """The ``Cancel-After`` for a create whose caller gives up in ``remaining``
+        seconds (at least the API's 5), so a server that cannot be told stops it anyway.
+        """
+        if remaining is None or not math.isfinite(remaining):
+            return None
+        return max(float(MIN_CANCEL_AFTER), remaining)
+
+    # -- sending ---------------------------------------------------------------------------
+
+    async def create(
+        self, request: CreateRequest, *, taken: Collection[str] = frozenset()
+    ) -> Prediction:
+        """Create the prediction once, resolving any doubt about its fate.
+
+        Args:
+            request: the validated create.
+            taken: more ids that must not be attached to (predictions being watched).
+
+        Raises:
+            APIError: the server refused the create (after the retries a 429 is allowed),
+                or kept failing while the prediction was certainly never made.
+            TransportError: no answer, and the prediction was certainly never made.
+            CreateInDoubt: the prediction may exist and could not be looked up.
+            ProtocolError: the answers were broken and no prediction could be found.
+        """
+        key = request.model.partition(":")[0] + "\n" + request.input_json
+        entry = self.ledger.enter(key)
+        sent_at = self._transport.clock.clock()
+        try:
+            return await self._transport.retrying(
+                lambda: self._attempt(request, entry, sent_at, taken),
+                retry_on=self._worth_again,
+                what=lambda: f"create of {request.model}",
+            )
+        except _NotCreated as exc:
+            raise exc.error from None
+        finally:
+            self.ledger.leave(key, entry)
+
+    def _worth_again(self, exc: QuickRouterError) -> bool:
+        """Whether a failed create may be sent again: the server certainly did not act."""
+        if isinstance(exc, _NotCreated):
+            return True
+        if isinstance(exc, RateLimitError):
+            return exc.status in self._transport.retry.retry_statuses
+        return isinstance(exc, TransportError) and not exc.request_sent
+
+    async def _attempt(
+        self, request: CreateRequest, entry: Creating, sent_at: float, taken: Collection[str]
+    ) -> Prediction:
+        await entry.begin()
+        try:
             try:
+                return await self._send(request)
+            finally:
+                entry.end()
+        except QuickRouterError as exc:
+            if not in_doubt(exc):
+                raise
+            error = exc
+        found = await self._resolve(request, entry, sent_at, taken, error)
+        if found is None:
+            raise _NotCreated(error)
+        return found
+
+    async def _send(self, request: CreateRequest) -> Prediction:
+        """One attempt: a token of the limiter, the request, the answer's lessons."""
+        limiter = self.limiter
+        await limiter.acquire()
+        started = time.monotonic()
+        try:
+            response = await self._exchange(request)
+        except RateLimitError as exc:
+            limiter.on_throttled(
+                exc.retry_after, bucket_empty=exc.remaining is None or exc.remaining < 1
+            )
+            raise
+        except (APIError, ProtocolError):
+            limiter.on_accepted()  # an answer, if not a useful one
+            raise
+        except BaseException:
+            limiter.on_unanswered()
+            raise
+        limiter.on_accepted(remaining_creates(response.headers))
+        return self._take(request, response, started)
+
+    def _take(self, request: CreateRequest, response: Response, started: float) -> Prediction:
+        """The prediction a create was answered with, claimed; what the answer says of
+        the server learned.
+        """
+        prediction = parse_prediction(response.data)
+        self.ledger.claim(prediction.id)
+        capabilities = self.capabilities
+        if capabilities.rate_limit_headers is None:
+            remaining = remaining_creates(response.headers)
+            capabilities.learn("rate_limit_headers", present=remaining is not None)
+        wait = request.sync_wait
+        if wait is not None and capabilities.sync_wait is None:
+            if header(response.headers, "Preference-Applied") is not None:
+                capabilities.learn("sync_wait", present=True)
+            elif not prediction.terminal and time.monotonic() - started < wait * _UNHELD_SHARE:
+                capabilities.learn(
+                    "sync_wait",
+                    present=False,
+                    evidence=f"a create asking to wait {wait}s was answered at once",
+                )
+        return prediction
+
+    async def _exchange(self, request: CreateRequest) -> Response:
+        """Send the create from a task the client owns: a caller that leaves does not
+        cut it short, and what it made is canceled when its answer comes.
+        """
+        extra = 0.0 if request.sync_wait is None else request.sync_wait + _HELD_EXTRA
+        transport = self._transport
+        sent_at, started = transport.clock.clock(), time.monotonic()
+        sending = transport.send(
+            "POST",
+            transport.url(request.path),
+            body=request.body,
+            headers=request.headers,
+            read_extra=extra,
+        )
+        task = asyncio.get_running_loop().create_task(sending)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            self._give_up(task, request, sent_at, started, extra)
+            raise
+
+    # -- creates in doubt ------------------------------------------------------------------
+
+    async def _resolve(
+        self,
+        request: CreateRequest,
+        entry: Creating,
+        sent_at: float,
+        taken: Collection[str],
+        error: QuickRouterError,
+    ) -> Prediction | None:
+        """The prediction a create in doubt made, or None when it may be sent again."""
+        if self.capabilities.list_predictions is False:
+            self._cannot_look_up(request, error, "the server has no list route")
+            return None
+        logger.info("create of %s in doubt (%s); looking it up", request.model, error)
+        async with entry.gate:
+            await entry.settle()
+            for lookup in range(2):
+                if lookup:
+                    await self._transport.sleep(_SETTLE_PAUSE)
                 try:
-                    answer = await transport.request(
-                        "POST",
-                        transport.url(request.path),
-                        json_body=request.body,
-                        headers=request.headers,
-                        create=True,
-                        read_extra=extra,
+                    found = await self.find([(request, sent_at)], taken=taken)
+                except QuickRouterError as lookup_error:
+                    absent = self.capabilities.snapshot().list_predictions is False
+                    reason = (
+                        "the server has no list route"
+                        if absent
+                        else f"looking it up failed too ({lookup_error})"
                     )
-                    prediction = parse_prediction(answer.data)
-                    ledger.claim(prediction.id)
-                finally:
-                    entry.end()
-            except QuickRouterError as exc:
-                if not create_in_doubt(exc):
-                    raise
-                error = exc
-            else:
-                return prediction
-            found = await _resolve(
-                transport, request, entry=entry, sent_at=sent_at, taken=taken, error=error
-            )
-            if found is not None:
-                return found
-            if round_ == transport.retry.attempts:
-                raise error
-            delay = transport.retry.delay(round_)
-            logger.info(
-                "prediction of %s certainly not created; sending again in %.2fs",
+                    self._cannot_look_up(request, error, reason)
+                    return None
+                prediction = found.predictions[0]
+                if prediction is not None:
+                    self.ledger.claim(prediction.id)
+                    logger.info("attached to prediction %s after a create in doubt", prediction.id)
+                    return prediction
+                if not found.complete:
+                    reason = "too many predictions were created since to look through"
+                    self._cannot_look_up(request, error, reason)
+                    return None
+        logger.info("prediction of %s certainly not created; sending it again", request.model)
+        return None
+
+    def _cannot_look_up(self, request: CreateRequest, error: QuickRouterError, reason: str) -> None:
+        if self._transport.retry.in_doubt == "resend":
+            logger.warning(
+                "create of %s in doubt (%s) and %s; sending it again (in_doubt='resend'): "
+                "its prediction may be made twice",
                 request.model,
-                delay,
+                str(error)[:200],
+                reason,
             )
-            await transport.sleep(delay)
-        raise AssertionError("unreachable")  # pragma: no cover
-    finally:
-        ledger.leave(key, entry)
+            return
+        raise CreateInDoubt(
+            f"the create failed ({error}) and {reason}; its prediction may exist",
+            model=request.model,
+            input=request.input,
+        ) from error
+
+    async def find(
+        self, creates: Sequence[tuple[CreateRequest, float]], *, taken: Collection[str] = ()
+    ) -> Found:
+        """The predictions ``creates`` (each with its local send time) made, if any.
+
+        Raises:
+            QuickRouterError: listing failed (or the server has no list route).
+        """
+        offset = self._transport.clock.offset
+        wanted = [
+            Wanted(
+                model=request.model,
+                input_json=request.input_json,
+                since=window_start(sent, offset),
+            )
+            for request, sent in creates
+        ]
+        earliest = min(want.since for want in wanted)
+        claimed = self.ledger.claimed
+        excluded = _Excluded(claimed, taken)
+        return await find_created(self._listing(earliest), wanted, taken=excluded)
+
+    # -- creates given up on ---------------------------------------------------------------
+
+    def _give_up(
+        self,
+        task: asyncio.Task[Response],
+        request: CreateRequest,
+        sent_at: float,
+        started: float,
+        extra: float,
+    ) -> None:
+        read = self._transport.timeouts.read or 30.0
+        settle = asyncio.get_running_loop().create_task(
+            self._settle(task, request, sent_at, started)
+        )
+        self._orphans[settle] = time.monotonic() + extra + read
+        settle.add_done_callback(self._settled)
+
+    def _settled(self, task: asyncio.Task[None]) -> None:
+        self._orphans.pop(task, None)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            logger.warning("could not settle a create given up on: %s", exc)
+
+    async def _settle(
+        self, task: asyncio.Task[Response], request: CreateRequest, sent_at: float, started: float
+    ) -> None:
+        """Cancel what a create its caller gave up on made, once that is known."""
+        canceled: Prediction | None = None
+        if self.capabilities.list_predictions is not False and request.sync_wait:
+            # The create holds its answer up to its wait: the prediction is found sooner.
+            canceled = await self._cancel_found(request, sent_at, until=task)
+        try:
+            prediction = self._take(request, await task, started)
+        except QuickRouterError as exc:
+            if in_doubt(exc) and canceled is None:
+                await self._cancel_found(request, sent_at)
+            return
+        if not prediction.status.terminal and (canceled is None or canceled.id != prediction.id):
+            await self._cancel_abandoned(prediction.id, request)
+
+    async def _cancel_found(
+        self, request: CreateRequest, sent_at: float, until: asyncio.Task[Response] | None = None
+    ) -> Prediction | None:
+        """Look up the prediction of a create given up on and cancel it; None if not found."""
+        if self.capabilities.list_predictions is False:
+            logger.warning(
+                "a create of %s given up on may have made a prediction that cannot be "
+                "looked up; it may keep running",
+                request.model,
+            )
+            return None
+        for _ in range(2):
+            if until is not None and until.done():
+                return None
+            await self._transport.sleep(_SETTLE_PAUSE)
+            try:
+                found = (await self.find([(request, sent_at)])).predictions[0]
+            except QuickRouterError as exc:
+                if self.capabilities.snapshot().list_predictions is not False:  # else said once
+                    logger.warning(
+                        "could not look up the prediction of a create given up on: %s", exc
+                    )
+                return None
+            if found is not None:
+                self.ledger.claim(found.id)
+                if not found.status.terminal:
+                    logger.info("canceling prediction %s of a create given up on", found.id)
+                    await self._cancel_abandoned(found.id, request)
+                return found
+        return None
+
+    async def _cancel_abandoned(self, prediction_id: str, request: CreateRequest) -> None:
+        if self.capabilities.cancel is not False:
+            await self._cancel(prediction_id)
+        if self.capabilities.cancel is False:
+            if request.deadline_sent:
+                logger.info(
+                    "prediction %s of a create given up on stops at its Cancel-After deadline",
+                    prediction_id,
+                )
+            else:
+                logger.warning(
+                    "prediction %s of a create given up on keeps running: the server cannot "
+                    "cancel it",
+                    prediction_id,
+                )
+
+    async def drain(self, timeout: float) -> None:
+        """Wait up to ``timeout`` seconds until every create given up on is settled."""
+        pending = list(self._orphans)
+        if pending:
+            with anyio.move_on_after(timeout):
+                await asyncio.wait(pending)
+
+    async def aclose(self) -> None:
+        """Wait (bounded) for the creates given up on; say which could not be settled."""
+        if not self._orphans:
+            return
+        latest = max(self._orphans.values()) - time.monotonic()
+        with anyio.CancelScope(shield=True):
+            await self.drain(min(_CLOSE_GRACE, max(0.0, latest)))
+            left = list(self._orphans)
+            if left:
+                logger.warning(
+                    "%d create(s) given up on had not answered when the client closed: "
+                    "their predictions may keep running",
+                    len(left),
+                )
+                for task in left:
+                    task.cancel()
+                await asyncio.wait(left)
+
+
+class _Excluded:
+    """Ids a lookup must not match: claimed ones and the caller's own."""
+
+    __slots__ = ("_claimed", "_taken")
+
+    def __init__(self, claimed: Collection[str], taken: Collection[str]) -> None:
+        self._claimed = claimed
+        self._taken = taken
+
+    def __contains__(self, item: object) -> bool:
+        return item in self._claimed or item in self._taken

@@ -17,19 +17,26 @@ Every error the library raises on purpose derives from `QuickRouterError`::
     │   ├── RequestTimeout                 one HTTP request took too long
     │   └── CreateInDoubt                  a create may have happened; carries the input
     ├── ProtocolError                      an answer that is not what the API promises
+    │   └── OutputURLRefused               an output URL's host or address is not allowed
+    ├── DownloadError (also OSError)       an output file could not be saved to disk
     ├── PredictionError (.prediction)      a prediction ended badly
     │   ├── PredictionFailed               status "failed"
     │   └── PredictionCanceled             status "canceled" or "aborted"
     ├── WaitTimeout (.prediction)          the deadline of wait()/run() passed
     └── WebhookVerificationError           a webhook failed signature checks
 
-Messages never contain the API key: the transport builds them from the answer's body
-(with any echo of the key replaced) and the request's method and path only.
+Messages never contain the API key: they are built from the answer's body (with any echo
+of the key replaced) and the request's method and path only, and no exception of the HTTP
+library (whose request details hold the key) is ever chained as a cause or context. Any
+value a message quotes goes through `short_repr`, so no message quotes more than a few
+hundred characters of it.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import builtins
+import reprlib
+from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
@@ -41,9 +48,11 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "CreateInDoubt",
+    "DownloadError",
     "InputError",
     "InvalidInputError",
     "NotFoundError",
+    "OutputURLRefused",
     "PaymentRequiredError",
     "PermissionDeniedError",
     "PredictionCanceled",
@@ -57,6 +66,7 @@ __all__ = [
     "TransportError",
     "WaitTimeout",
     "WebhookVerificationError",
+    "short_repr",
 ]
 
 
@@ -155,7 +165,15 @@ class RateLimitError(APIError):
 
     ``retry_after`` is the wait the server asked for, read from ``Retry-After``, the
     body's ``retry_after``, the "resets in ~30s" detail or ``ratelimit-reset``.
+
+    Attributes:
+        remaining: the answer's ``ratelimit-remaining``, when it had one: above 0, the
+            refusal was not caused by the pace of requests.
     """
+
+    def __init__(self, message: str, *, remaining: float | None = None, **kwargs: Any) -> None:
+        super().__init__(message, **kwargs)
+        self.remaining = remaining
 
 
 class ServerError(APIError):
@@ -180,11 +198,12 @@ class RequestTimeout(TransportError):
 
 
 class CreateInDoubt(TransportError):
-    """A create may or may not have produced a prediction, and looking it up failed.
+    """A create may or may not have produced a prediction, and it could not be looked up.
 
-    The prediction may exist on the server and may be billed. Look it up with
-    ``client.list_predictions()`` before sending the input again. The error that made
-    the create doubtful is its ``__cause__``.
+    The prediction may exist on the server and may be billed. Where the server lists
+    predictions, look it up with ``client.list_predictions()`` before sending the input
+    again; ``RetryPolicy(in_doubt="resend")`` sends such creates again by itself, at the
+    risk of paying twice. The error that made the create doubtful is its ``__cause__``.
 
     Attributes:
         model: the model the create was for.
@@ -199,6 +218,49 @@ class CreateInDoubt(TransportError):
 
 class ProtocolError(QuickRouterError):
     """The server's answer is not what the API promises (wrong shape, type or encoding)."""
+
+
+class OutputURLRefused(ProtocolError):
+    """An output URL leads to a host or an address downloads may not reach.
+
+    Refused: a host outside ``output_hosts`` (when given), and link-local or loopback
+    addresses (loopback only while the API itself is elsewhere), whether the URL names
+    the address, a host name resolves to it, or a redirect leads there.
+
+    Attributes:
+        url: the refused URL, without its query (which may carry a token).
+    """
+
+    def __init__(self, message: str, *, url: str) -> None:
+        super().__init__(message)
+        self.url = url
+
+
+class DownloadError(QuickRouterError, OSError):
+    """An output file could not be saved: the disk is full, a folder is not writable, a
+    directory is in the way...
+
+    It is an `OSError` too, with the ``errno``, ``strerror`` and ``filename`` of the
+    failure behind it (its ``__cause__``); the message says what to do. No partial file
+    is left behind.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        errno: int | None = None,
+        strerror: str | None = None,
+        filename: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.errno = errno
+        self.strerror = strerror
+        self.filename = filename
+
+    def __str__(self) -> str:
+        # OSError's own __str__ would show "[Errno 28] ..." instead of the message.
+        return str(self.args[0])
 
 
 class PredictionError(QuickRouterError):
@@ -235,3 +297,65 @@ class WaitTimeout(QuickRouterError, TimeoutError):
 
 class WebhookVerificationError(QuickRouterError):
     """A webhook request failed verification (signature, timestamp or body)."""
+
+
+# What `short_repr` shows of one value: enough to recognise it, never megabytes of it.
+SHORT_REPR_CHARS: Final = 200
+
+
+class _ShortRepr(reprlib.Repr):
+    """`reprlib.Repr` that slices byte strings before quoting them, says how long a cut
+    string was, and survives integers too long to print (reprlib already survives a
+    broken ``__repr__``).
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel = 3
+        self.maxstring = 80
+        self.maxother = 80
+        self.maxlong = 40
+        self.maxlist = self.maxtuple = self.maxset = self.maxfrozenset = 5
+        self.maxdict = 5
+
+    def _quoted(self, x: str | bytes, unit: str) -> str:
+        # Sliced before quoting; escapes (a NUL byte quotes as four characters) can make
+        # even a short one long, so the quoted text is cut again.
+        quoted = builtins.repr(x[: self.maxstring])
+        if len(x) <= self.maxstring and len(quoted) <= self.maxstring:
+            return quoted
+        return f"{quoted[: self.maxstring]}... ({len(x):,} {unit})"
+
+    # reprlib's methods take the nesting level; these leaves have no use for it.
+    def repr_str(self, x: str, level: int) -> str:  # noqa: ARG002
+        return self._quoted(x, "characters")
+
+    def repr_bytes(self, x: bytes, level: int) -> str:  # noqa: ARG002
+        return self._quoted(x, "bytes")
+
+    def repr_bytearray(self, x: bytearray, level: int) -> str:
+        return f"bytearray({self.repr_bytes(bytes(x[: self.maxstring]), level)})" + (
+            f", {len(x):,} bytes in all" if len(x) > self.maxstring else ""
+        )
+
+    def repr_memoryview(self, x: memoryview, level: int) -> str:  # noqa: ARG002
+        return f"<memoryview of {x.nbytes:,} bytes>"
+
+    def repr_int(self, x: int, level: int) -> str:
+        try:
+            return super().repr_int(x, level)
+        except ValueError:  # more digits than int-to-str conversion allows
+            return f"<int of {x.bit_length():,} bits>"
+
+
+_SHORT_REPR: Final = _ShortRepr()
+
+
+def short_repr(value: object, limit: int = SHORT_REPR_CHARS) -> str:
+    """The repr of ``value`` for an error message: at most ``limit`` characters.
+
+    Long strings and byte strings show their start and their length; containers show
+    their first few items, a few levels deep.
+    """
+    text = _SHORT_REPR.repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -4,21 +4,22 @@ per input.
 Inputs are pulled lazily, one at a time and only when a worker is free, so a generator of
 a million inputs is never materialized. A pool of at most ``concurrency`` workers, each
 holding one token of an anyio `CapacityLimiter`, runs the inputs one at a time each
-(create, in sync mode when the poll policy says so, then wait); the transport's create
-limiter (`_ratelimit.py`) paces the creates. Whatever happens to an input (a bad tuple, a
-failed or canceled prediction, an HTTP error) becomes the ``error`` of its outcome; it
-never stops the others.
+(create through the client's `Creates`, in sync mode when the poll policy says so, then
+wait); the create-rate limiter paces the creates. Whatever happens to an input (a bad
+tuple, a failed or canceled prediction, an HTTP error) becomes the ``error`` of its
+outcome; it never stops the others. Outcomes reach the consumer through an anyio memory
+object stream.
 
 `Run.main` runs in one background task owned by the `RunMany` object (`_runmany.py`), so
 the caller can leave at any point: stopping it cancels every input still in flight, and
-each of them cancels its prediction on the server, shielded and bounded; creates cut short
-before their answer came are looked up and canceled when the work ends.
+each of them cancels its prediction on the server, shielded and bounded; a create cut
+short before its answer came is settled by `Creates`, which cancels what it made.
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterable, Callable, Iterable
@@ -27,18 +28,21 @@ from typing import TYPE_CHECKING, Any, Final, Generic, TypeAlias
 import anyio
 import attrs
 
-from ._channel import Channel
-from ._create import CLOCK_SKEW, CreateRequest, build_create, send_create
 from ._errors import InputError, PredictionCanceled, PredictionError, WaitTimeout
+from ._local_files import read_local_files
 from ._models import InputT, Outcome
-from ._polling import cancel_quietly, raise_for_outcome
+from ._polling import raise_for_outcome
+from ._progressbar import close_progress
+from ._request import build_create
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
 
+    from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+
     from ._client import QuickRouter
+    from ._create import Creates
     from ._models import Prediction
-    from ._transport import Transport
 
 __all__ = ["RUNNING", "SHUTDOWN_GRACE", "InputT", "Inputs", "Progress", "ProgressCallback", "Run"]
 
@@ -106,7 +110,7 @@ class Run(Generic[InputT]):
     def __init__(
         self,
         client: QuickRouter,
-        transport: Transport,
+        creates: Creates,
         inputs: Inputs[InputT],
         *,
         concurrency: int,
@@ -115,15 +119,11 @@ class Run(Generic[InputT]):
         progress: ProgressCallback | None,
     ) -> None:
         self.client = client
-        self.transport = transport
+        self.creates = creates
         self.timeout = timeout
         self.callback = progress
-        self.limiter = transport.create_limiter
-        # Creates hold the request open as the poll policy says, never past the deadline.
-        sync = client.poll.sync_wait
-        if sync is not None and timeout is not None:
-            sync = max(1.0, min(sync, timeout))
-        self.sync_wait = sync
+        self.limiter = creates.limiter
+        self.sync_policy = client.poll.sync_wait
         # One token per worker; a worker runs one input at a time.
         self.slots = anyio.CapacityLimiter(concurrency)
         # One of the two, by the kind of iterable.
@@ -139,14 +139,14 @@ class Run(Generic[InputT]):
         self.group: anyio.abc.TaskGroup
         # Ordered output holds back finished outcomes; this bounds how many.
         self.window = anyio.Semaphore(2 * concurrency) if ordered else None
-        self.outcomes: Channel[Outcome[InputT]] = Channel(concurrency)
+        sending, receiving = anyio.create_memory_object_stream[Outcome[InputT]](concurrency)
+        self.sending: MemoryObjectSendStream[Outcome[InputT]] = sending
+        self.outcomes: MemoryObjectReceiveStream[Outcome[InputT]] = receiving
         self.scope = anyio.CancelScope()
         self.finished = anyio.Event()
         self.error: BaseException | None = None
         self.submitted = self.succeeded = self.failed = self.canceled = 0
         self.started = time.monotonic()
-        self.started_at = dt.datetime.now(dt.UTC)
-        self.cut_short: list[CreateRequest] = []
         self.throttled_before = self._throttled()
 
     def _throttled(self) -> int:
@@ -193,15 +193,9 @@ class Run(Generic[InputT]):
                     self.group = group
                     self._add_worker()
         finally:
-            try:
-                if self.cut_short:
-                    with anyio.CancelScope(shield=True), anyio.move_on_after(SHUTDOWN_GRACE):
-                        await self._sweep()
-            except Exception as exc:  # noqa: BLE001 (cleanup is best effort; say what failed)
-                logger.warning("run_many: could not look up creates cut short: %s", exc)
-            finally:
-                self.outcomes.end()
-                self.finished.set()
+            close_progress(self.callback)
+            self.sending.close()
+            self.finished.set()
 
     def _add_worker(self) -> None:
         """Start a worker if a token of the limiter is free (it holds it while it lives)."""
@@ -240,8 +234,9 @@ class Run(Generic[InputT]):
                     self.failed += 1
                 if self.callback is not None:
                     self._report()
-                if not self.outcomes.put_nowait(outcome):
-                    await self.outcomes.put(outcome)
+                # Nobody takes outcomes any more once the consumer left: drop it then.
+                with contextlib.suppress(anyio.BrokenResourceError):
+                    await self.sending.send(outcome)
                 self.pulling += 1
         finally:
             self.slots.release_on_behalf_of(token)
@@ -300,23 +295,18 @@ class Run(Generic[InputT]):
     async def _outcome(self, index: int, item: InputT) -> Outcome[InputT]:
         prediction: Prediction | None = None
         try:
-            model_or_input, payload = _arguments(item)
+            model_or_input, payload = await read_local_files(*_arguments(item))
             deadline = None if self.timeout is None else time.monotonic() + self.timeout
+            creates = self.creates
             request = build_create(
                 model_or_input,
                 payload,
-                wait=self.sync_wait,
+                wait=creates.sync_wait(self.sync_policy, self.timeout),
                 webhook=None,
                 webhook_events_filter=None,
-                cancel_after=None,
+                cancel_after=creates.cancel_after(self.timeout),
             )
-            try:
-                prediction = await send_create(self.transport, request)
-            except anyio.get_cancelled_exc_class():
-                # It may have made a prediction whose id never came back: it is looked
-                # up and canceled when the work ends.
-                self.cut_short.append(request)
-                raise
+            prediction = await creates.create(request)
             if not prediction.status.terminal:  # sync mode often finished it already
                 remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
                 prediction = await self.client.wait(
@@ -328,18 +318,3 @@ class Run(Generic[InputT]):
         except Exception as exc:  # noqa: BLE001 (one input's error is its outcome, not the call's)
             return Outcome(index, item, prediction, exc)
         return Outcome(index, item, prediction, None)
-
-    async def _sweep(self) -> None:
-        """Cancel what the creates cut short made: recent, running, same model and input."""
-        wanted = [(request.model.split(":", 1)[0], request.input) for request in self.cut_short]
-        since = self.started_at - CLOCK_SKEW
-        async with anyio.create_task_group() as group:
-            async for prediction in self.client.list_predictions():
-                if prediction.created_at is not None and prediction.created_at < since:
-                    break
-                key = (prediction.model, prediction.input)
-                if not prediction.status.terminal and key in wanted:
-                    wanted.remove(key)
-                    group.start_soon(cancel_quietly, self.client.cancel, prediction.id)
-                if not wanted:
-                    break

@@ -2,11 +2,14 @@
 
 Each input class is frozen and keyword-only, validates on construction (raising
 `InputError`, a `ValueError`, that names the field) and knows its model. The converter
-in `_serde.py` turns it into the request's ``input`` object, leaving out None.
+in `_serde.py` turns it into the request's ``input`` object, leaving out None. Image
+fields take URLs or local files (`_local_files`): files are read into ``data:`` URIs
+when the create is built. Messages quote values through `short_repr`, never whole.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import (
     TYPE_CHECKING,
     Any,
@@ -20,10 +23,11 @@ from typing import (
 
 import attrs
 
-from ._errors import InputError
+from ._errors import InputError, short_repr
+from ._local_files import ImageSource, image_source, is_local_file
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Collection, Sequence
+    from collections.abc import Callable, Collection
 
 __all__ = [
     "IMAGEN4_MODELS",
@@ -71,11 +75,13 @@ class ModelInput(Protocol):
 def validate_model_name(model: object) -> str:
     """Check that ``model`` reads ``owner/name`` (optionally ``:version``) and return it."""
     if not isinstance(model, str):
-        raise InputError(f"model must be a string 'owner/name', not {model!r}", field="model")
+        raise InputError(
+            f"model must be a string 'owner/name', not {short_repr(model)}", field="model"
+        )
     name = model.split(":", 1)[0]
     owner, _, rest = name.partition("/")
     if not owner or not rest or "/" in rest or any(c.isspace() for c in model):
-        raise InputError(f"model must read 'owner/name', got {model!r}", field="model")
+        raise InputError(f"model must read 'owner/name', got {short_repr(model)}", field="model")
     return model
 
 
@@ -84,7 +90,8 @@ def _one_of(choices: Collection[str]) -> Callable[[Any, attrs.Attribute[Any], An
         if value is not None and value not in choices:
             allowed = ", ".join(repr(c) for c in choices)
             raise InputError(
-                f"{attribute.name} must be one of {allowed}; got {value!r}", field=attribute.name
+                f"{attribute.name} must be one of {allowed}; got {short_repr(value)}",
+                field=attribute.name,
             )
 
     return check
@@ -96,11 +103,12 @@ def _int_between(low: int, high: int) -> Callable[[Any, attrs.Attribute[Any], An
             return
         if isinstance(value, bool) or not isinstance(value, int):
             raise InputError(
-                f"{attribute.name} must be an integer, got {value!r}", field=attribute.name
+                f"{attribute.name} must be an integer, got {short_repr(value)}",
+                field=attribute.name,
             )
         if not low <= value <= high:
             raise InputError(
-                f"{attribute.name} must be between {low} and {high}; got {value}",
+                f"{attribute.name} must be between {low} and {high}; got {short_repr(value)}",
                 field=attribute.name,
             )
 
@@ -109,7 +117,7 @@ def _int_between(low: int, high: int) -> Callable[[Any, attrs.Attribute[Any], An
 
 def _prompt(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
     if not isinstance(value, str):
-        raise InputError(f"prompt must be a string, got {value!r}", field=attribute.name)
+        raise InputError(f"prompt must be a string, got {short_repr(value)}", field=attribute.name)
     if not value.strip():
         raise InputError("prompt must not be empty", field=attribute.name)
 
@@ -119,26 +127,35 @@ def _bool_or_none(_: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
         raise InputError(f"{attribute.name} must be True or False", field=attribute.name)
 
 
-def _image_list(value: Sequence[str] | None) -> tuple[str, ...]:
+def _image_list(value: object) -> tuple[ImageSource, ...]:
+    """The images of ``image_input``: URLs kept, local files checked (not read yet)."""
     if value is None:
         return ()
-    if isinstance(value, str | bytes):
-        raise InputError("image_input must be a list of URLs, not a string", field="image_input")
-    return tuple(value)
-
-
-def _check_images(_: Any, attribute: attrs.Attribute[Any], value: tuple[Any, ...]) -> None:
-    if len(value) > SEEDREAM_MAX_INPUT_IMAGES:
+    if isinstance(value, str) or is_local_file(value):
         raise InputError(
-            f"image_input takes at most {SEEDREAM_MAX_INPUT_IMAGES} images; got {len(value)}",
-            field=attribute.name,
+            "image_input takes a list of images; put a single one in a list: [image]",
+            field="image_input",
         )
-    for position, url in enumerate(value):
-        if not isinstance(url, str) or not url.startswith(("https://", "http://", "data:")):
-            raise InputError(
-                f"image_input[{position}] must be an http(s) or data: URL, got {url!r}",
-                field=attribute.name,
-            )
+    if not isinstance(value, Iterable):
+        raise InputError(
+            f"image_input must be a list of images, not {type(value).__name__}",
+            field="image_input",
+        )
+    items = tuple(value)
+    if len(items) > SEEDREAM_MAX_INPUT_IMAGES:
+        raise InputError(
+            f"image_input takes at most {SEEDREAM_MAX_INPUT_IMAGES} images; got {len(items)}",
+            field="image_input",
+        )
+    return tuple(
+        image_source(item, f"image_input[{position}]", "image_input")
+        for position, item in enumerate(items)
+    )
+
+
+def _images_repr(images: tuple[ImageSource, ...]) -> str:
+    # data: URIs and bytes run to megabytes: a repr shows their start and their size.
+    return short_repr(images, limit=400)
 
 
 @attrs.frozen(kw_only=True)
@@ -177,7 +194,11 @@ class Seedream4Input:
 
     Attributes:
         prompt: the text prompt (required, not empty).
-        image_input: up to 10 reference images (http(s) or ``data:`` URLs).
+        image_input: up to 10 reference images, each an ``http(s)://`` or ``data:`` URL,
+            or a local file: a `pathlib.Path`, a ``str`` naming a file, ``bytes``, or a
+            file opened in binary mode. Files are checked here (one ``stat``), read when
+            the create is built (in a worker thread) and sent as ``data:`` URIs of at most
+            10 MiB each.
         size: ``1K``, ``2K`` (default), ``4K``, or ``custom`` (then `width` and `height`).
         aspect_ratio: ``match_input_image`` (default), ``1:1``, ``4:3``, ``3:4``, ``16:9``,
             ``9:16``, ``3:2``, ``2:3`` or ``21:9``; ignored for a custom size.
@@ -194,8 +215,8 @@ class Seedream4Input:
     """
 
     prompt: str = attrs.field(validator=_prompt)
-    image_input: tuple[str, ...] = attrs.field(
-        factory=tuple, converter=_image_list, validator=_check_images
+    image_input: tuple[ImageSource, ...] = attrs.field(
+        factory=tuple, converter=_image_list, repr=_images_repr
     )
     size: SeedreamSize = attrs.field(default="2K", validator=_one_of(get_args(SeedreamSize)))
     aspect_ratio: SeedreamAspectRatio = attrs.field(

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
-import html
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import attrs
+
+from ._html import Budget, outcome_card, prediction_card, render_grid
+from ._text import error_text, short_repr, shorten
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -66,12 +68,16 @@ def _output_urls(output: object) -> list[str]:
     return []
 
 
-@attrs.frozen(kw_only=True)
+@attrs.frozen(kw_only=True, repr=False)
 class Prediction:
     """One prediction, as the API describes it.
 
     Only `id` and `status` are sure to be present; every other field is None when the
     server left it out. Fields this version does not know are kept in `extra`.
+
+    Its repr shows the id, status, model, input, output and error, each cut short (an
+    input or output may hold megabytes of ``data:`` URIs); in Jupyter it renders as a
+    card with the output images (`_repr_html_`).
     """
 
     id: str
@@ -116,29 +122,26 @@ class Prediction:
         value = (self.metrics or {}).get("predict_time")
         return float(value) if isinstance(value, int | float) else None
 
-    def _repr_html_(self) -> str:
-        """Render in Jupyter: status, prompt and output images inline."""
-        prompt = (self.input or {}).get("prompt")
-        parts = [
-            (
-                f"<div><b>Prediction</b> <code>{html.escape(self.id)}</code> "
-                f"&middot; {html.escape(str(self.model or ''))} "
-                f"&middot; <b>{html.escape(self.status.value)}</b></div>"
-            )
-        ]
-        if isinstance(prompt, str):
-            parts.append(f"<div><i>{html.escape(prompt)}</i></div>")
-        if self.error:
-            parts.append(f"<div style='color:#b00'>{html.escape(self.error)}</div>")
+    def __repr__(self) -> str:
+        parts = [f"id={shorten(self.id, 80)!r}", f"status={self.status.value!r}"]
         parts.extend(
-            f"<img src='{html.escape(url, quote=True)}' style='max-width:320px;margin:4px'/>"
-            for url in self.output_urls
-            if url.startswith(("https://", "http://", "data:image/"))
+            f"{name}={short_repr(value)}"
+            for name, value in (
+                ("model", self.model),
+                ("input", self.input),
+                ("output", self.output),
+                ("error", self.error),
+            )
+            if value is not None
         )
-        return "".join(parts)
+        return f"Prediction({', '.join(parts)})"
+
+    def _repr_html_(self) -> str:
+        """Render in Jupyter: a card with the status, prompt, any error and the images."""
+        return render_grid([prediction_card(self, Budget())])
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class PredictionPage:
     """One page of `GET /predictions`: the results and the cursor URLs around them."""
 
@@ -146,13 +149,32 @@ class PredictionPage:
     next: str | None = None
     previous: str | None = None
 
+    def __repr__(self) -> str:
+        cursors = ", ".join(
+            f"{name}={shorten(url, 120)!r}"
+            for name, url in (("next", self.next), ("previous", self.previous))
+            if url is not None
+        )
+        return f"PredictionPage({len(self.results)} predictions{', ' if cursors else ''}{cursors})"
+
+    def _repr_html_(self) -> str:
+        """Render in Jupyter: a card per prediction."""
+        budget = Budget()
+        more = "; more on the next page" if self.next else ""
+        return render_grid(
+            [prediction_card(prediction, budget) for prediction in self.results],
+            footer=f"{len(self.results)} predictions{more}",
+        )
+
 
 InputT = TypeVar("InputT")
 
 
-@attrs.frozen
+@attrs.frozen(repr=False)
 class Outcome(Generic[InputT]):
     """What became of one input of `run_many`.
+
+    Its repr is short whatever the input holds; in Jupyter it renders as a card.
 
     Attributes:
         index: the position of the input in the inputs, from 0.
@@ -171,6 +193,24 @@ class Outcome(Generic[InputT]):
     def ok(self) -> bool:
         """True when the input's prediction succeeded."""
         return self.error is None
+
+    def __repr__(self) -> str:
+        prediction = self.prediction
+        seen = (
+            "None"
+            if prediction is None
+            else f"Prediction(id={shorten(prediction.id, 80)!r}, "
+            f"status={prediction.status.value!r}, …)"
+        )
+        error = "None" if self.error is None else repr(error_text(self.error))
+        return (
+            f"Outcome(index={self.index}, ok={self.ok}, input={short_repr(self.input)}, "
+            f"prediction={seen}, error={error})"
+        )
+
+    def _repr_html_(self) -> str:
+        """Render in Jupyter: the card of its prediction, labelled with its index."""
+        return render_grid([outcome_card(self, Budget())])
 
 
 def merge_extra(known: Mapping[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:

@@ -7,41 +7,36 @@ deadline, polls once more just before it so that a `WaitTimeout` carries a fresh
 prediction, and, when told to, cancels the prediction on the server if the wait ends
 without a terminal one: shielded from the caller's cancellation and bounded in time.
 
-Given a create request instead of a prediction, `wait_for` first sends it with
-``Prefer: wait`` (capped by the deadline), so a prediction that finishes within it costs
-one request. While that create is in flight the prediction's id is unknown: if the caller
-gives up then, the create is abandoned and the prediction it made is found in the list
-of recent predictions (same model and input, created since the request was sent, still
-running) and canceled, so nothing is left running.
+Given a create request instead of a prediction, `wait_for` first sends it through the
+client's `Creates` (with ``Prefer: wait`` as decided when it was built), so a prediction
+that finishes within the wait costs one request. A caller that gives up while that
+create is in flight leaves it to `Creates`, which cancels what it made.
 """
 
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
-import email.utils
 import logging
 import math
 import time
 from typing import TYPE_CHECKING, Final, Protocol
-from urllib.parse import urlencode
 
 import anyio
 import attrs
 
-from ._create import CLOCK_SKEW, CreateRequest, _matches, is_claimed, send_create
 from ._errors import PredictionCanceled, PredictionFailed, QuickRouterError, WaitTimeout
+from ._http import retry_after_seconds
 from ._models import Prediction, Status
+from ._request import CreateRequest
 from ._schedule import Schedule
-from ._serde import parse_page
 
 if TYPE_CHECKING:
     from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 
-    from ._transport import Transport
+    from ._create import Creates
 
-    Fetch = Callable[[str], Awaitable[tuple[Prediction, Mapping[str, str]]]]
-    GiveUp = Callable[[str], Awaitable[Prediction | None]]
+    Fetch = Callable[[str], Awaitable[tuple[Prediction, float | None]]]
+    GiveUp = Callable[[str], Awaitable[Prediction | str]]
 
 
 class Push(Protocol):
@@ -73,33 +68,16 @@ logger = logging.getLogger(__name__)
 CANCEL_GRACE: Final = 5.0
 # The longest server hint honoured between two polls.
 MAX_HINT: Final = 60.0
-# A sync create must answer before the deadline: it holds the request this much less.
-_SYNC_MARGIN: Final = 0.5
 # The last poll before a deadline is sent this long (or two round trips) before it.
 _FINAL_MARGIN: Final = 0.05
-# A create cut short may reach the server after the first lookup: look twice.
-_LOOKUPS: Final = 2
-_LOOKUP_PAUSE: Final = 0.5
 # What a wait without a deadline enters instead of a cancel scope.
 _NO_SCOPE: Final = contextlib.nullcontext()
-_LOOKUP_PAGES: Final = 3
 
 
 def retry_after(headers: Mapping[str, str]) -> float | None:
-    """The server's ``Retry-After`` hint in seconds (number or HTTP date), capped."""
-    value = headers.get("Retry-After", "").strip()
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
-        except (TypeError, ValueError):
-            return None
-    if not math.isfinite(seconds):
-        return None
-    return min(max(seconds, 0.0), MAX_HINT)
+    """The server's ``Retry-After`` hint on a poll's answer, in seconds, capped."""
+    hint = retry_after_seconds(headers, None, throttled=False)
+    return None if hint is None else min(hint, MAX_HINT)
 
 
 def _changed(old: Prediction, new: Prediction) -> bool:
@@ -127,8 +105,7 @@ async def _follow(
     """
     hint: float | None = None
     if isinstance(first, str):
-        first, headers = await fetch(first)
-        hint = retry_after(headers)
+        first, hint = await fetch(first)
     track = schedule.track(first, watched_from=watched_from)
     current = first
     yield current
@@ -148,9 +125,8 @@ async def _follow(
             if not pushed:
                 await anyio.sleep(delay)
             sent = time.monotonic()
-            latest, headers = await fetch(current.id)
+            latest, hint = await fetch(current.id)
             latency = time.monotonic() - sent
-            hint = retry_after(headers)
         track.update(latest)
         if not latest.status.known:
             logger.debug("prediction %s has unknown status %r", latest.id, latest.status.value)
@@ -166,7 +142,7 @@ async def watch(
 
     Args:
         first: the prediction, or its id.
-        fetch: gets a prediction by id, with the answer's headers.
+        fetch: gets a prediction by id, with the wait its answer asks for.
         schedule: the client's schedule.
         push: webhook snapshots to wait on instead of polling, if any.
     """
@@ -177,86 +153,32 @@ async def watch(
 
 @attrs.define
 class _Wait:
-    """What one `wait_for` has seen: the latest prediction, and the create in flight."""
+    """What one `wait_for` has seen: the latest prediction, and how a cancel went."""
 
     prediction_id: str | None = None
     last: Prediction | None = None
     model: str | None = None
-    # A create abandoned before it answered, and when it was sent.
-    abandoned: tuple[CreateRequest, dt.datetime] | None = None
+    cancel: str | None = None
 
 
-async def _create(
-    request: CreateRequest,
-    transport: Transport,
-    schedule: Schedule,
-    deadline: float,
-    state: _Wait,
-) -> Prediction:
-    """Send ``request`` with ``Prefer: wait`` as the policy says, capped by the deadline."""
-    sync = schedule.policy.sync_wait
-    wait = None if sync is None else math.ceil(sync)
-    if wait is not None and deadline < math.inf:
-        wait = min(wait, math.floor(deadline - time.monotonic() - _SYNC_MARGIN))
-    headers = {k: v for k, v in request.headers.items() if k.lower() != "prefer"}
-    if wait is not None and wait >= 1:
-        headers["Prefer"] = f"wait={wait}"
-    request = attrs.evolve(
-        request, headers=headers, sync_wait=wait if wait is not None and wait >= 1 else None
-    )
-    state.model, sent_at = request.model, dt.datetime.now(dt.UTC)
-    try:
-        prediction = await send_create(transport, request, taken=set(schedule.watching))
-    except anyio.get_cancelled_exc_class():
-        state.abandoned = request, sent_at
-        raise
-    state.prediction_id, state.last = prediction.id, prediction
-    return prediction
-
-
-async def _find_abandoned(
-    transport: Transport, request: CreateRequest, since: dt.datetime, taken: set[str]
-) -> Prediction | None:
-    """The running prediction an abandoned create made, from the newest predictions."""
-    query = urlencode({"created_after": (since - CLOCK_SKEW).isoformat()})
-    url = transport.url(f"/v1/predictions?{query}")
-    for _ in range(_LOOKUP_PAGES):
-        page = parse_page((await transport.request("GET", url)).data)
-        for prediction in page.results:
-            if (
-                prediction.id not in taken
-                and not is_claimed(transport, prediction.id)
-                and not prediction.status.terminal
-                and _matches(prediction, request, since)
-            ):
-                return prediction
-        following = transport.cursor_url(page.next)
-        if following is None:
-            break
-        url = following
-    return None
-
-
-async def _give_up(state: _Wait, give_up: GiveUp, transport: Transport, schedule: Schedule) -> None:
-    """Cancel what the wait leaves behind: the prediction, or what an abandoned create made."""
+async def _give_up(state: _Wait, give_up: GiveUp) -> None:
+    """Cancel the prediction the wait leaves behind, if it is known and still running."""
     target: Prediction | str | None = state.last or state.prediction_id
-    if target is None and state.abandoned is not None:
-        request, sent_at = state.abandoned
-        for attempt in range(_LOOKUPS):
-            if attempt:
-                await anyio.sleep(_LOOKUP_PAUSE)
-            try:
-                target = await _find_abandoned(transport, request, sent_at, schedule.watching)
-            except QuickRouterError as exc:
-                logger.warning("could not look up the prediction of an abandoned create: %s", exc)
-                return
-            if target is not None:
-                logger.info("canceling prediction %s of an abandoned create", target.id)
-                break
-    if isinstance(target, str):
-        state.last = await give_up(target) or state.last
-    elif target is not None and not target.status.terminal:
-        state.last = await give_up(target.id) or target
+    if target is None:
+        return  # a create still in flight: its `Creates` cancels what it makes
+    if isinstance(target, Prediction) and target.status.terminal:
+        return
+    prediction_id = target if isinstance(target, str) else target.id
+    answer = await give_up(prediction_id)
+    if isinstance(answer, str):
+        state.cancel = answer
+        return
+    state.last = answer
+    state.cancel = (
+        "it was canceled on the server"
+        if answer.status in {Status.CANCELED, Status.ABORTED}
+        else f"it is now {answer.status.value}"
+    )
 
 
 async def wait_for(
@@ -264,8 +186,9 @@ async def wait_for(
     fetch: Fetch,
     schedule: Schedule,
     *,
-    transport: Transport,
+    creates: Creates,
     deadline: float = math.inf,
+    timeout: float | None = None,
     give_up: GiveUp | None = None,
     push: Push | None = None,
 ) -> Prediction:
@@ -273,18 +196,19 @@ async def wait_for(
 
     Args:
         first: a prediction, its id, or a create request to send first.
-        fetch: gets a prediction by id, with the answer's headers.
+        fetch: gets a prediction by id, with the wait its answer asks for.
         schedule: the client's schedule.
-        transport: sends a create request, and looks up what an abandoned one made.
+        creates: sends a create request.
         deadline: when to stop, on the `time.monotonic` clock (asyncio's loop clock).
-        give_up: cancels a prediction by id; called (shielded, within `CANCEL_GRACE`)
-            when the wait ends without a terminal prediction. None leaves it running.
+        timeout: the seconds that deadline stands for, as the caller gave them.
+        give_up: cancels a prediction by id, quietly, returning the prediction or why it
+            could not; called (shielded, within `CANCEL_GRACE`) when the wait ends
+            without a terminal prediction. None leaves it running.
         push: webhook snapshots to wait on instead of polling, if any.
 
     Raises:
         WaitTimeout: the deadline passed; it carries the last prediction seen.
     """
-    started = time.monotonic()
     state = _Wait()
     if isinstance(first, Prediction):
         state.prediction_id, state.last = first.id, first
@@ -297,7 +221,9 @@ async def wait_for(
         scope = anyio.CancelScope(deadline=deadline) if deadline < math.inf else _NO_SCOPE
         with scope:
             if isinstance(first, CreateRequest):
-                first = await _create(first, transport, schedule, deadline, state)
+                state.model = first.model
+                first = await creates.create(first, taken=schedule.watching)
+                state.prediction_id, state.last = first.id, first
                 watched_from = 0.0
             schedule.watching.add(first if isinstance(first, str) else first.id)
             snapshots = _follow(
@@ -313,17 +239,24 @@ async def wait_for(
         seen = state.last
         if give_up is not None and not finished:
             with anyio.CancelScope(shield=True), anyio.move_on_after(CANCEL_GRACE):
-                await _give_up(state, give_up, transport, schedule)
+                await _give_up(state, give_up)
     if seen is not None and seen.status.terminal:
         return seen
-    waited = deadline - started
+    raise WaitTimeout(_timeout_message(state, seen, timeout), prediction=state.last)
+
+
+def _timeout_message(state: _Wait, seen: Prediction | None, timeout: float | None) -> str:
+    limit = "the deadline" if timeout is None else f"the {timeout:g}s deadline"
     if seen is None:
-        message = f"no answer about {state.model or 'the prediction'} within {waited:g}s"
+        subject = f"a prediction of {state.model}" if state.model else "the prediction"
+        message = f"{subject} was not created before {limit} passed"
     else:
-        message = f"prediction {seen.id} was still {seen.status.value} after {waited:g}s"
-    if state.last is not None and state.last is not seen:
-        message += f"; it is now {state.last.status.value}"
-    raise WaitTimeout(message, prediction=state.last)
+        message = f"prediction {seen.id} was still {seen.status.value} when {limit} passed"
+    if state.cancel is not None:
+        message += f"; {state.cancel}"
+    elif seen is not None:
+        message += "; it was left running"
+    return message
 
 
 def raise_for_outcome(prediction: Prediction) -> Prediction:

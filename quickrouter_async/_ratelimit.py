@@ -42,19 +42,17 @@ covers at once: one wake of the event loop per tick, not one per create.
 from __future__ import annotations
 
 import collections
-import math
 import time
 from typing import TYPE_CHECKING, Final, Protocol
 
 import anyio
 
-from ._errors import InputError
-from ._http import header
+from ._errors import InputError, short_repr
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Mapping
+    from collections.abc import Awaitable, Callable
 
-__all__ = ["CreateLimiter", "RateLimiter", "bucket_empty", "remaining_creates"]
+__all__ = ["CreateLimiter", "RateLimiter"]
 
 # Replicate's documented create limit: 600 per minute, short bursts allowed.
 INITIAL_RATE: Final = 10.0
@@ -110,26 +108,6 @@ class CreateLimiter(Protocol):
         """A create got no answer."""
 
 
-def remaining_creates(headers: Mapping[str, str]) -> float | None:
-    """The answer's ``ratelimit-remaining`` as a number, or None (absent or not a number)."""
-    value = header(headers, "ratelimit-remaining")
-    if value is None:
-        return None
-    try:
-        remaining = float(value)
-    except ValueError:
-        return None
-    return remaining if math.isfinite(remaining) else None
-
-
-def bucket_empty(headers: Mapping[str, str]) -> bool:
-    """Whether a 429 may mean the create budget is spent: not when the answer's
-    ``ratelimit-remaining`` says creates remain (the refusal had another cause).
-    """
-    remaining = remaining_creates(headers)
-    return remaining is None or remaining < 1
-
-
 class _Ticket:
     """A caller queued for a create: granted by the pump, woken by its event."""
 
@@ -166,7 +144,7 @@ class RateLimiter:
     ) -> None:
         if rate is not None and not rate > 0:
             raise InputError(
-                f"rate must be positive creates per second, got {rate!r}", field="rate"
+                f"rate must be positive creates per second, got {short_repr(rate)}", field="rate"
             )
         self._clock = clock
         self._max_pause = max_pause

@@ -2,9 +2,13 @@
 
 The arguments of `QuickRouter.create` (a typed input, or a model and a mapping; the
 wait, webhook and deadline options) are checked and turned into a `CreateRequest`: the
-path, the headers, and the body encoded once. The input is encoded with its keys sorted,
-so the same text is the body's ``input`` and, with the model, the key that matches a
-create to the prediction the server echoes back (`input_key`).
+path, the headers, and the body encoded once. The input is encoded with its keys sorted
+(`input_json`), so the same text is the body's ``input`` and what a lookup compares with
+the input a prediction echoes back.
+
+Model names and prediction ids become path segments: each is checked to be one plain
+segment (letters, digits, ``.``, ``_``, ``-``; not ``.`` or ``..``), so no name or id can
+steer a request to another route of the API host, which receives the key.
 """
 
 from __future__ import annotations
@@ -13,19 +17,33 @@ import datetime as dt
 import functools
 import json
 import math
-from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
+import re
 from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
-from ._errors import InputError
+from ._errors import InputError, short_repr
 from ._inputs import ModelInput, validate_model_name
 from ._serde import input_payload
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Mapping
+    from collections.abc import Mapping
 
-__all__ = ["CreateRequest", "build_create", "input_key"]
+__all__ = [
+    "MIN_CANCEL_AFTER",
+    "CreateRequest",
+    "build_create",
+    "cancel_after_header",
+    "input_json",
+    "prediction_path",
+]
+
+# Replicate's smallest Cancel-After (API.md §2).
+MIN_CANCEL_AFTER: Final = 5
+_SEGMENT: Final = re.compile(r"[A-Za-z0-9._-]{1,200}")
+# Cancel-After as Replicate reads it: "30s", "5m", "1h30m45s", "500ms", or bare seconds.
+_DURATION: Final = re.compile(r"\d+(?:\.\d+)?|(?:\d+(?:\.\d+)?(?:h|ms|m|s))+")
+_WEBHOOK_EVENTS: Final = frozenset({"start", "output", "logs", "completed"})
 
 
 @attrs.frozen(kw_only=True)
@@ -55,63 +73,50 @@ class CreateRequest:
         return payload
 
     @property
-    def key(self) -> str:
-        """Model (version aside) and input as one string: equal for two submissions
-        that one lookup could take for each other.
-        """
-        return self.model.partition(":")[0] + "\n" + self.input_json
+    def deadline_sent(self) -> bool:
+        """Whether the create carries ``Cancel-After`` (the server stops it by itself)."""
+        return "Cancel-After" in self.headers
 
 
-def _not_json(value: object) -> object:
-    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+def input_json(value: object) -> str:
+    """An input as JSON with its keys sorted, no spaces, Unicode kept: one text for one
+    value, compared with the input a prediction echoes back.
 
-
-def _sorted_encoder(*, allow_nan: bool) -> Callable[[object], str]:
-    """JSON with keys sorted, no spaces, Unicode kept: one text for one value.
-
-    `json.JSONEncoder.encode` builds json's C encoder anew on every call; here it is
-    built once and reused. It keeps no record of the containers it is inside (a record
-    shared between calls would outlive a failed one), so a value that contains itself
-    raises `RecursionError` rather than `ValueError`.
+    Raises:
+        ValueError: NaN or infinity; TypeError: not JSON; RecursionError: nested too deep.
     """
-    if c_make_encoder is None:  # an interpreter without json's C speedups
-        encoder = json.JSONEncoder(
-            sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=allow_nan
-        )
-        return encoder.encode
-    sort_keys, skip_keys = True, False
-    chunks = c_make_encoder(
-        None,  # no record of enclosing containers (see above)
-        _not_json,
-        encode_basestring,
-        None,  # no indent
-        ":",
-        ",",
-        sort_keys,
-        skip_keys,
-        allow_nan,
+    # No record of enclosing containers: a value that contains itself recurses until
+    # RecursionError, as one nested too deeply does, and both get one message.
+    return json.dumps(
+        value,
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        allow_nan=False,
+        check_circular=False,
     )
 
-    def encode(value: object) -> str:
-        return "".join(chunks(value, 0))
 
-    return encode
-
-
-_SORTED: Final = _sorted_encoder(allow_nan=True)
-_SORTED_STRICT: Final = _sorted_encoder(allow_nan=False)
-
-
-def _encode(payload: object, *, strict: bool = False) -> str:
-    """``payload`` as JSON with its keys sorted: one text for one value."""
-    return (_SORTED_STRICT if strict else _SORTED)(payload)
+def _segment(value: str, what: str, field: str) -> str:
+    if not _SEGMENT.fullmatch(value) or set(value) == {"."}:
+        raise InputError(
+            f"{what} must be letters, digits, '.', '_' and '-' (not '.' or '..'), "
+            f"got {short_repr(value)}",
+            field=field,
+        )
+    return value
 
 
-def input_key(model: str | None, payload: object) -> str:
-    """Model (version aside) and input as one string: equal for a create and the
-    prediction it made (``model`` None for a prediction that does not name it).
-    """
-    return (model or "").partition(":")[0] + "\n" + _encode(payload)
+def prediction_path(prediction_id: str) -> str:
+    """The API path of a prediction: ``/v1/predictions/{id}``, the id checked."""
+    return "/v1/predictions/" + _segment(prediction_id, "a prediction id", "prediction")
+
+
+def _model_path(model: str) -> str:
+    owner, _, name = model.partition("/")
+    _segment(owner, "a model's owner", "model")
+    _segment(name, "a model's name", "model")
+    return f"/v1/models/{owner}/{name}/predictions"
 
 
 def _sync_wait(wait: bool | float | None) -> int | None:  # noqa: FBT001 (mirrors create(wait=))
@@ -122,60 +127,57 @@ def _sync_wait(wait: bool | float | None) -> int | None:  # noqa: FBT001 (mirror
     value: object = wait
     if isinstance(value, int | float) and 1 <= value <= 60:
         return math.ceil(value)
-    raise InputError(f"wait must be True, False or 1-60 seconds, got {wait!r}", field="wait")
+    raise InputError(
+        f"wait must be True, False or 1-60 seconds, got {short_repr(wait)}", field="wait"
+    )
 
 
-def _cancel_after(value: float | dt.timedelta | str | None) -> str | None:
+def cancel_after_header(value: float | dt.timedelta | str | None) -> str | None:
+    """The ``Cancel-After`` header for a deadline: whole seconds, at least 5."""
     if value is None:
         return None
     if isinstance(value, str):
+        if not _DURATION.fullmatch(value):
+            raise InputError(
+                f"cancel_after must be seconds or a duration such as 30s, 5m or 1h30m, "
+                f"got {short_repr(value)}",
+                field="cancel_after",
+            )
         return value
     seconds = value.total_seconds() if isinstance(value, dt.timedelta) else float(value)
-    if not seconds >= 5:
+    if not seconds >= MIN_CANCEL_AFTER or not math.isfinite(seconds):
         raise InputError("cancel_after must be at least 5 seconds", field="cancel_after")
-    return f"{round(seconds)}s"
+    return f"{math.ceil(seconds)}s"
 
 
 def _input_json(payload: dict[str, Any]) -> str:
     """The input as JSON, checked before sending: JSON types only, no NaN or infinity."""
     try:
         try:
-            return _encode(payload, strict=True)
+            text = input_json(payload)
         except TypeError:
             # Keys of several types cannot be sorted; as JSON they are all strings.
-            return _encode(json.loads(json.dumps(payload, allow_nan=False)), strict=True)
+            text = input_json(json.loads(json.dumps(payload, allow_nan=False)))
     except RecursionError:
         raise InputError(
             "input is not JSON: it contains itself or is nested too deeply", field="input"
         ) from None
     except (TypeError, ValueError) as exc:
-        raise InputError(f"input is not JSON: {exc}", field="input") from None
+        raise InputError(f"input is not JSON: {str(exc)[:200]}", field="input") from None
+    try:
+        text.encode()
+    except UnicodeEncodeError as exc:  # a lone surrogate in a string
+        raise InputError(f"input is not valid Unicode: {exc.reason}", field="input") from None
+    return text
 
 
-def _body(input_json: str, fields: dict[str, Any]) -> bytes:
+def _body(input_text: str, fields: dict[str, Any]) -> bytes:
     """The create's body: the input as already encoded, then the other fields."""
-    parts = ['{"input":', input_json]
+    parts = ['{"input":', input_text]
     for name, value in fields.items():
         parts += [',"', name, '":', json.dumps(value, ensure_ascii=False)]
     parts.append("}")
-    try:
-        return "".join(parts).encode()
-    except UnicodeEncodeError as exc:  # a lone surrogate in a string
-        raise InputError(f"input is not valid Unicode: {exc.reason}", field="input") from None
-
-
-# Model names already validated (a bulk job names a few models many times over).
-_VALID_MODELS: set[str] = set()
-_VALID_MODELS_KEPT: Final = 1024
-
-
-def _model_name(model: object) -> str:
-    if isinstance(model, str) and model in _VALID_MODELS:
-        return model
-    name = validate_model_name(model)
-    if len(_VALID_MODELS) < _VALID_MODELS_KEPT:
-        _VALID_MODELS.add(name)
-    return name
+    return "".join(parts).encode()
 
 
 def build_create(
@@ -189,38 +191,37 @@ def build_create(
 ) -> CreateRequest:
     """Validate the arguments of `QuickRouter.create` and build the request."""
     if isinstance(model_or_input, str):
-        model = _model_name(model_or_input)
+        model = validate_model_name(model_or_input)
         if input is None:
-            raise InputError(f"create({model!r}, ...) needs an input", field="input")
+            raise InputError(f"create({short_repr(model)}, ...) needs an input", field="input")
         payload = input_payload(input)
     elif isinstance(model_or_input, ModelInput):
         if input is not None:
             raise InputError("pass either a typed input or a model and an input", field="input")
-        model = _model_name(model_or_input.model)
+        model = validate_model_name(model_or_input.model)
         payload = input_payload(model_or_input)
     else:
         raise InputError(
             f"expected a model name or a typed input, not {type(model_or_input).__name__}",
             field="model",
         )
-    input_json = _input_json(payload)
+    text = _input_json(payload)
     fields: dict[str, Any] = {}
     if ":" in model or "/" not in model:
         path = "/v1/predictions"
         fields["version"] = model
     else:
-        owner, name = model.split("/")
-        path = f"/v1/models/{owner}/{name}/predictions"
+        path = _model_path(model)
     if webhook is not None:
         if not webhook.startswith(("https://", "http://")):
             raise InputError("webhook must be an http(s) URL", field="webhook")
         fields["webhook"] = webhook
     if webhook_events_filter is not None:
-        allowed = {"start", "output", "logs", "completed"}
         events = list(webhook_events_filter)
-        if not events or not set(events) <= allowed:
+        if not events or not set(events) <= _WEBHOOK_EVENTS:
             raise InputError(
-                f"webhook_events_filter takes some of {sorted(allowed)}, got {events!r}",
+                f"webhook_events_filter takes some of {sorted(_WEBHOOK_EVENTS)}, "
+                f"got {short_repr(events)}",
                 field="webhook_events_filter",
             )
         fields["webhook_events_filter"] = events
@@ -228,13 +229,13 @@ def build_create(
     sync = _sync_wait(wait)
     if sync is not None:
         headers["Prefer"] = f"wait={sync}"
-    if (deadline := _cancel_after(cancel_after)) is not None:
+    if (deadline := cancel_after_header(cancel_after)) is not None:
         headers["Cancel-After"] = deadline
     return CreateRequest(
         model=model,
         path=path,
-        input_json=input_json,
-        body=_body(input_json, fields),
+        input_json=text,
+        body=_body(text, fields),
         headers=headers,
         sync_wait=sync,
     )

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Generic, Self
 
 import anyio
 
-from ._errors import InputError
+from ._errors import InputError, short_repr
 from ._fanout import RUNNING, SHUTDOWN_GRACE, Progress, Run
+from ._interrupt import interruptible
 from ._models import InputT
 
 if TYPE_CHECKING:
@@ -74,10 +75,8 @@ class RunMany(Generic[InputT]):
     def __aiter__(self) -> Self:
         return self
 
+    @interruptible  # the stop button of a notebook ends the wait (_interrupt.py)
     async def __anext__(self) -> Outcome[InputT]:
-        run = self._run
-        if run is not None and run.window is None and run.outcomes.ready and not self._closed:
-            return run.outcomes.pop()  # one is ready: taken without awaiting anything
         if self._closed:
             raise StopAsyncIteration
         run = self._start()
@@ -96,9 +95,9 @@ class RunMany(Generic[InputT]):
 
     async def _next(self, run: Run[InputT]) -> Outcome[InputT]:
         if run.window is None:  # in finishing order
-            return await run.outcomes.get()
+            return await run.outcomes.receive()
         while self._next_index not in self._pending:
-            outcome = await run.outcomes.get()
+            outcome = await run.outcomes.receive()
             self._pending[outcome.index] = outcome
         outcome = self._pending.pop(self._next_index)
         self._next_index += 1
@@ -112,11 +111,13 @@ class RunMany(Generic[InputT]):
         run = self._run
         if run is None:
             return
-        if not run.finished.is_set():
-            run.stop()
-            with anyio.CancelScope(shield=True), anyio.move_on_after(SHUTDOWN_GRACE):
+        with anyio.CancelScope(shield=True), anyio.move_on_after(SHUTDOWN_GRACE):
+            if not run.finished.is_set():
+                run.stop()
                 await run.finished.wait()
-        run.outcomes.abandon()
+            # Creates cut short are settled (what they made canceled) by `Creates`.
+            await run.creates.drain(SHUTDOWN_GRACE)
+        run.outcomes.close()
 
     async def __aenter__(self) -> Self:
         return self
@@ -136,7 +137,7 @@ class RunMany(Generic[InputT]):
         # Left with a plain `break`: stop the work; the task cancels what it started.
         with contextlib.suppress(RuntimeError):
             run.stop()
-        run.outcomes.abandon()
+        run.outcomes.close()
 
 
 def check_inputs(inputs: object) -> None:
@@ -163,6 +164,6 @@ def concurrency_of(value: int | None, default: int) -> int:
     checked: object = value
     if isinstance(checked, bool) or not isinstance(checked, int) or checked < 1:
         raise InputError(
-            f"concurrency must be a positive integer, got {value!r}", field="concurrency"
+            f"concurrency must be a positive integer, got {short_repr(value)}", field="concurrency"
         )
     return value

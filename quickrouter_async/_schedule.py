@@ -30,11 +30,10 @@ import random
 import time
 from typing import TYPE_CHECKING, Final
 
+from ._clock import ServerClock
 from ._models import Status
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
-
     from ._config import PollPolicy
     from ._models import Prediction
 
@@ -63,8 +62,6 @@ _SMOOTH_MAX: Final = 9
 JITTER: Final = 0.1
 # Clock offsets are learned from the smallest gap seen between a server timestamp and
 # the local clock; a stale minimum may creep up by a millisecond per second, so a clock
-# that was stepped is followed within minutes.
-_OFFSET_DRIFT: Final = 0.001
 # Finished predictions that are learned from: a cancel says nothing about the model.
 _LEARNED: Final = frozenset({Status.SUCCEEDED, Status.FAILED})
 
@@ -282,30 +279,28 @@ class Schedule:
 
     Args:
         policy: the client's `PollPolicy`.
-        clock: the wall clock (seconds since the epoch), to compare with server times.
+        clock: the server's clock (`ServerClock`), to measure predictions' ages.
         rng: the source of jitter.
         models: how many models' summaries are kept (the least recently used go first).
 
     Attributes:
         watching: the ids of the predictions being waited on.
-        offset: the local wall clock minus the server's, as far as it is known.
     """
 
     def __init__(
         self,
         policy: PollPolicy,
         *,
-        clock: Callable[[], float] = time.time,
+        clock: ServerClock | None = None,
         rng: random.Random | None = None,
         models: int = 64,
     ) -> None:
         self.policy = policy
-        self.clock = clock
+        self.server = clock or ServerClock()
+        self.clock = self.server.clock
         self.rng = rng or random.Random()  # noqa: S311 (jitter, not security)
         self.models = models
         self.watching: set[str] = set()
-        self.offset: float | None = None
-        self._offset_at = 0.0  # when the offset was learned
         self._summaries: dict[str, DurationSummary] = {}  # least recently used first
 
     def summary(self, model: str) -> DurationSummary:
@@ -317,28 +312,19 @@ class Schedule:
         return summary
 
     def observe(self, prediction: Prediction, received: float) -> None:
-        """Learn the offset of the local clock from the server's, from one answer.
-
-        ``received - server time`` is at least the true offset (a server timestamp
-        precedes the answer), so the smallest one seen is the best estimate.
-        """
-        stamps = [
-            stamp.timestamp()
-            for stamp in (prediction.created_at, prediction.started_at, prediction.completed_at)
-            if stamp is not None
-        ]
-        if not stamps:
-            return
-        sample = received - max(stamps)
-        offset = self.offset
-        if offset is None or sample <= offset + _OFFSET_DRIFT * (received - self._offset_at):
-            self.offset, self._offset_at = sample, received
+        """Learn the server's clock from the timestamps of one answer."""
+        self.server.note_stamps(
+            prediction.created_at,
+            prediction.started_at,
+            prediction.completed_at,
+            received=received,
+        )
 
     def age(self, prediction: Prediction, now: float) -> float | None:
         """Seconds since the server created ``prediction``, at local wall time ``now``."""
         if prediction.created_at is None:
             return None
-        return max(0.0, now - (self.offset or 0.0) - prediction.created_at.timestamp())
+        return self.server.age(prediction.created_at, now)
 
     def track(self, prediction: Prediction, *, watched_from: float | None = None) -> Track:
         """Start following ``prediction``; see `Track`.

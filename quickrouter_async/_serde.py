@@ -9,13 +9,16 @@ themselves; the client and the transport do.
 from __future__ import annotations
 
 import datetime as dt
+import io
+import os
 from collections.abc import Mapping
+from pathlib import Path, PurePath
 from typing import Any, Final
 
 import attrs
 from cattrs.preconf.json import make_converter
 
-from ._errors import InputError, ProtocolError
+from ._errors import InputError, ProtocolError, short_repr
 from ._models import Prediction, PredictionPage, Status, merge_extra
 
 __all__ = [
@@ -28,6 +31,11 @@ __all__ = [
 ]
 
 converter: Final = make_converter(omit_if_default=False)
+# Local files in typed inputs (paths, bytes, open files) are left as they are: the JSON
+# converter would turn a path into its text and bytes into base85, and both would be
+# sent as if they were URLs. `_local_files` reads them into data: URIs instead.
+for _local_file_type in (Path, PurePath, os.PathLike, bytes, bytearray, memoryview, io.IOBase):
+    converter.register_unstructure_hook(_local_file_type, lambda value: value)
 
 _DATETIME_FIELDS: Final = ("created_at", "started_at", "completed_at", "deadline")
 _STRING_FIELDS: Final = (
@@ -57,11 +65,11 @@ def parse_timestamp(value: object, field: str = "timestamp") -> dt.datetime | No
     if value is None or value == "":
         return None
     if not isinstance(value, str):
-        raise ProtocolError(f"{field} is not a timestamp string: {value!r:.80}")
+        raise ProtocolError(f"{field} is not a timestamp string: {short_repr(value)}")
     try:
         parsed = dt.datetime.fromisoformat(value)
     except ValueError:
-        raise ProtocolError(f"{field} is not an RFC 3339 timestamp: {value!r:.80}") from None
+        raise ProtocolError(f"{field} is not an RFC 3339 timestamp: {short_repr(value)}") from None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 
 
@@ -81,7 +89,9 @@ def _check_fields(values: tuple[object, ...], names: tuple[str, ...], kind: type
     what = "a string" if kind is str else "an object"
     for name, value in zip(names, values, strict=True):
         if value is not None and not isinstance(value, kind):
-            raise ProtocolError(f"prediction field {name!r} should be {what}, got {value!r:.80}")
+            raise ProtocolError(
+                f"prediction field {name!r} should be {what}, got {short_repr(value)}"
+            )
 
 
 def parse_prediction(data: object) -> Prediction:
@@ -94,7 +104,9 @@ def parse_prediction(data: object) -> Prediction:
     if not isinstance(pid, str) or not pid:
         raise ProtocolError("the answer is not a prediction: it has no string 'id'")
     if not isinstance(status, str):
-        raise ProtocolError(f"prediction {pid} has no string 'status' (got {status!r:.40})")
+        raise ProtocolError(
+            f"prediction {short_repr(pid)} has no string 'status' (got {short_repr(status)})"
+        )
     filters = get("webhook_events_filter")
     if filters is not None and not (
         isinstance(filters, list) and all(isinstance(f, str) for f in filters)
@@ -186,7 +198,9 @@ def input_payload(value: object) -> dict[str, Any]:
         payload: dict[str, Any] = {}
         for key, item in value.items():
             if not isinstance(key, str):
-                raise InputError(f"input keys must be strings, got {key!r}", field="input")
+                raise InputError(
+                    f"input keys must be strings, got {short_repr(key)}", field="input"
+                )
             if item is not None:
                 payload[key] = item
         return payload

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import inspect
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import anyio
 import pytest
 import quickrouter_async as qr
 from quickrouter_async.testing import Emulator
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
+    from collections.abc import AsyncIterator, Callable
+
+    from quickrouter_async.testing import PredictionRecord
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -34,8 +37,8 @@ FAST_RETRY = qr.RetryPolicy(attempts=4, initial=0.001, maximum=0.01, max_retry_a
 
 @pytest.fixture
 async def emulator() -> AsyncIterator[Emulator]:
-    """An emulator whose predictions take 50 ms."""
-    async with Emulator(duration=0.05, seed=1234) as emu:
+    """An emulator whose predictions take 50 ms, for any model name."""
+    async with Emulator(duration=0.05, seed=1234, accept_any_model=True) as emu:
         yield emu
 
 
@@ -46,3 +49,30 @@ async def client(emulator: Emulator) -> AsyncIterator[qr.QuickRouter]:
         emulator.api_key, base_url=emulator.base_url, poll=FAST_POLL, retry=FAST_RETRY
     ) as c:
         yield c
+
+
+# The servers promises are tested against: Replicate's full API, and a gateway that
+# relays create and get only (as QuickRouter documents) plus what a test needs of it.
+PROFILES: dict[str, dict[str, Any]] = {
+    "replicate": {},
+    "gateway": {"profile": "gateway", "cancel_route": True, "honor_prefer_wait": True},
+}
+
+
+@pytest.fixture(params=list(PROFILES))
+def server_profile(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The emulator options of each profile in turn."""
+    options: dict[str, Any] = PROFILES[request.param]
+    return options
+
+
+def running(emulator: Emulator) -> list[PredictionRecord]:
+    """The predictions on the server that are not terminal."""
+    return [record for record in emulator.predictions if not record.terminal]
+
+
+async def until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait for a condition on the emulator's records (they have no event to wait on)."""
+    with anyio.fail_after(timeout):
+        while not condition():  # noqa: ASYNC110 (the records have no event to wait on)
+            await anyio.sleep(0.005)

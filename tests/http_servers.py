@@ -29,6 +29,7 @@ class Seen:
     query: str
     headers: dict[str, str]
     body: bytes
+    raw_path: str = ""
 
 
 def prediction_json(
@@ -144,7 +145,14 @@ class Scripted:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
         self.seen.append(
-            Seen(request.method, request.path, request.query_string, dict(request.headers), body)
+            Seen(
+                request.method,
+                request.path,
+                request.query_string,
+                dict(request.headers),
+                body,
+                request.raw_path,
+            )
         )
         key = (request.method, request.path)
         pending = self._queues.get(key)

@@ -111,7 +111,7 @@ async def test_messages_say_what_a_line_must_look_like_once(tmp_path: Path) -> N
         assert "lines 1, 2, 3, 4, 5 and 35 more" in ran.err
         assert '{"model": "owner/name", "input": {"prompt": "..."}}' in ran.err
         ran = await cli("batch", source, "--out", out, "--model", MODEL, emulator=emulator)
-        assert "unknown field(s) model" in ran.err
+        assert "unknown field(s) 'model'" in ran.err
         assert '"input": {"prompt"' in ran.err
         assert emulator.count() == 0
 

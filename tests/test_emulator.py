@@ -265,8 +265,21 @@ async def test_create_by_deployment() -> None:
         assert missing.status == 422
 
 
-async def test_unknown_models_accept_any_input_and_return_one_png() -> None:
+async def test_models_it_does_not_know_are_not_found_unless_any_is_accepted() -> None:
     async with serve(duration=0.0) as api:
+        for model in ("acme/thing", "google/imagen4"):
+            missing = await api.create({"prompt": "x"}, model=model)
+            assert missing.status == 404
+            assert missing.body["detail"] == "Model not found"
+        by_name = await api.call(
+            "POST", "/v1/predictions", body={"version": "acme/thing", "input": {"prompt": "x"}}
+        )
+        assert by_name.status == 422
+    assert len(api.emulator.predictions) == 0
+
+
+async def test_unknown_models_accept_any_input_and_return_one_png() -> None:
+    async with serve(duration=0.0, accept_any_model=True) as api:
         answer = await api.create({"whatever": [1, 2]}, model="acme/thing")
         assert answer.status == 201
         done = await api.until(answer.body["id"], "succeeded")

@@ -6,12 +6,14 @@ import json
 
 import pytest
 import quickrouter_async as qr
-from quickrouter_async._transport import error_from_answer
+from quickrouter_async._http import Answer, error_from_answer
 
 
 def answer(status: int, body: object, headers: dict[str, str] | None = None) -> qr.APIError:
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return error_from_answer(status, headers or {}, raw, method="POST", path="/v1/predictions")
+    return error_from_answer(
+        Answer(status, headers or {}, raw), method="POST", path="/v1/predictions"
+    )
 
 
 @pytest.mark.parametrize(

@@ -74,11 +74,14 @@ async def other_tasks() -> set[asyncio.Task[Any]]:
     return {task for task in asyncio.all_tasks() if _client_code(task)}
 
 
-async def test_every_input_gets_one_outcome(emulator: Emulator) -> None:
+async def test_every_input_gets_one_outcome(server_profile: dict[str, Any]) -> None:
     typed = [qr.Imagen4Input(prompt=f"typed {n}") for n in range(5)]
     pairs = [(MODEL, {"prompt": f"pair {n}"}) for n in range(5)]
     inputs: list[Any] = [*typed, *pairs]
-    async with make_client(emulator) as client:
+    async with (
+        Emulator(duration=0.05, seed=8, **server_profile) as emulator,
+        make_client(emulator, poll=qr.PollPolicy(interval=0.01)) as client,
+    ):
         outcomes = await collect(client, inputs, concurrency=4)
     assert sorted(o.index for o in outcomes) == list(range(10))
     for outcome in outcomes:
@@ -180,9 +183,11 @@ async def test_async_iterables_are_accepted(emulator: Emulator) -> None:
     assert all(o.ok for o in outcomes)
 
 
-async def test_leaving_with_break_cancels_everything_started() -> None:
+async def test_leaving_with_break_cancels_everything_started(
+    server_profile: dict[str, Any],
+) -> None:
     pulled: list[int] = []
-    async with Emulator(duration=30.0) as emu, make_client(emu) as client:
+    async with Emulator(duration=30.0, **server_profile) as emu, make_client(emu) as client:
         async with client.run_many(prompts(1_000_000, pulled), concurrency=5) as outcomes:
             with anyio.move_on_after(0.3):
                 async for _ in outcomes:
@@ -193,7 +198,7 @@ async def test_leaving_with_break_cancels_everything_started() -> None:
         assert not await other_tasks()
 
 
-async def test_a_plain_break_cleans_up_in_the_background() -> None:
+async def test_a_plain_break_cleans_up_in_the_background(server_profile: dict[str, Any]) -> None:
     async def inputs() -> AsyncIterator[Any]:
         for pair in prompts(5):
             yield pair
@@ -202,7 +207,7 @@ async def test_a_plain_break_cleans_up_in_the_background() -> None:
         for pair in prompts(1_000_000):
             yield pair
 
-    async with Emulator(duration=30.0) as emu, make_client(emu) as client:
+    async with Emulator(duration=30.0, **server_profile) as emu, make_client(emu) as client:
         async for outcome in client.run_many(inputs(), concurrency=6):
             assert isinstance(outcome.error, qr.InputError)
             break
@@ -217,8 +222,8 @@ async def test_a_plain_break_cleans_up_in_the_background() -> None:
         assert not await other_tasks()
 
 
-async def test_a_cancelled_consumer_leaves_nothing_running() -> None:
-    async with Emulator(duration=30.0) as emu, make_client(emu) as client:
+async def test_a_cancelled_consumer_leaves_nothing_running(server_profile: dict[str, Any]) -> None:
+    async with Emulator(duration=30.0, **server_profile) as emu, make_client(emu) as client:
         outcomes = client.run_many(prompts(100), concurrency=4)
         with anyio.move_on_after(0.3) as scope:
             async for _ in outcomes:

@@ -181,7 +181,7 @@ def test_html_render_escapes() -> None:
     rendered = p._repr_html_()
     assert "<script>" not in rendered
     assert "&lt;script&gt;" in rendered
-    assert "<img src='https://replicate.delivery" in rendered
+    assert '<img src="https://replicate.delivery' in rendered
     assert "x&lt;y" in rendered
 
 

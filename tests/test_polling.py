@@ -7,7 +7,6 @@ import datetime as dt
 import email.utils
 import itertools
 import json
-import logging
 import math
 import random
 import time
@@ -21,16 +20,18 @@ from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from quickrouter_async import _schedule
+from quickrouter_async._clock import ServerClock
 from quickrouter_async._polling import MAX_HINT, raise_for_outcome, retry_after
 from quickrouter_async._schedule import DurationSummary, PollPlan, Schedule
 from quickrouter_async.testing import Emulator, Faults
 
-from .conftest import FAST_RETRY
+from .conftest import FAST_RETRY, running, until
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable
+    from collections.abc import AsyncIterator
 
-    from quickrouter_async.testing import PredictionRecord
+
+pytestmark = pytest.mark.anyio
 
 MODEL = "google/imagen-4"
 COST = 14.0
@@ -52,19 +53,8 @@ async def make_client(base_url: str, **options: Any) -> AsyncIterator[qr.QuickRo
         yield client
 
 
-def running(emu: Emulator) -> list[PredictionRecord]:
-    return [record for record in emu.predictions if not record.terminal]
-
-
 def gets(emu: Emulator, prediction_id: str) -> int:
     return sum(r.kind == "get" and r.prediction_id == prediction_id for r in emu.requests)
-
-
-async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Wait for a condition on the emulator's records (it has no events to wait on)."""
-    with anyio.fail_after(timeout):
-        while not condition():  # noqa: ASYNC110 (the records have no event to wait on)
-            await anyio.sleep(0.005)
 
 
 def walk(plan: PollPlan, duration: float) -> tuple[int, float]:
@@ -94,7 +84,7 @@ def uniform(count: int, low: float = 1.5, high: float = 4.5) -> list[float]:
 
 def test_the_policy_defaults_to_sync_mode_and_a_learned_schedule() -> None:
     policy = qr.PollPolicy()
-    assert policy.sync_wait == 60
+    assert policy.sync_wait == "auto"
     assert policy.interval is None
     assert policy.delay_cost > 0
 
@@ -285,23 +275,26 @@ def test_learned_gaps_stay_within_the_policy_bounds() -> None:
 
 def test_the_clock_offset_is_learned_from_server_times() -> None:
     now = [1_000_000.0]
-    schedule = Schedule(qr.PollPolicy(), clock=lambda: now[0])
+    schedule = Schedule(qr.PollPolicy(), clock=ServerClock(clock=lambda: now[0]))
     created = dt.datetime.fromtimestamp(now[0] - 10.0, dt.UTC)  # the server runs 10 s late
     seen = qr.Prediction(id="x", status=qr.Status.STARTING, created_at=created)
     schedule.observe(seen, received=now[0] + 0.02)
-    assert schedule.offset == pytest.approx(10.02)
+    assert schedule.server.offset == pytest.approx(10.02)
     assert schedule.age(seen, now[0] + 1.02) == pytest.approx(1.0)
     schedule.observe(seen, received=now[0] + 0.5)  # a slower answer says less
-    assert schedule.offset == pytest.approx(10.02)
+    assert schedule.server.offset == pytest.approx(10.02)
     assert schedule.age(qr.Prediction(id="y", status=qr.Status.STARTING), now[0]) is None
     schedule.observe(qr.Prediction(id="y", status=qr.Status.STARTING), received=now[0])
-    assert schedule.offset == pytest.approx(10.02)
+    assert schedule.server.offset == pytest.approx(10.02)
+    # A Date header says less than a timestamp: it does not replace one.
+    schedule.server.note_date(email.utils.formatdate(now[0], usegmt=True))
+    assert schedule.server.offset == pytest.approx(10.02)
     later = dt.datetime.fromtimestamp(now[0] + 3600 - 10.5, dt.UTC)  # an hour on, the
     schedule.observe(  # server clock was stepped: the old minimum gives way
         qr.Prediction(id="z", status=qr.Status.STARTING, created_at=later),
         received=now[0] + 3600,
     )
-    assert schedule.offset == pytest.approx(10.5)
+    assert schedule.server.offset == pytest.approx(10.5)
 
 
 def test_a_track_learns_durations_from_server_times() -> None:
@@ -336,7 +329,7 @@ def test_a_fixed_interval_learns_nothing() -> None:
     assert track.prediction is done
     assert track.next_delay() == 0.5
     assert schedule.summary(MODEL).weight == 0, "the schedule is not used: nothing learned"
-    assert schedule.offset is None
+    assert schedule.server.offset is None
 
 
 def test_canceled_predictions_teach_nothing() -> None:
@@ -403,11 +396,15 @@ async def test_watch_can_be_left_early(emulator: Emulator, client: qr.QuickRoute
     assert await client.wait(created) is not None
 
 
-async def test_wait_returns_the_terminal_prediction(client: qr.QuickRouter) -> None:
-    created = await client.create(MODEL, prompt())
-    done = await client.wait(created.id, timeout=dt.timedelta(seconds=10))
-    assert done.status is qr.Status.SUCCEEDED
-    assert done.output is not None
+async def test_wait_returns_the_terminal_prediction(server_profile: dict[str, Any]) -> None:
+    async with (
+        Emulator(duration=0.05, seed=1, **server_profile) as emu,
+        make_client(emu.base_url) as client,
+    ):
+        created = await client.create(MODEL, prompt())
+        done = await client.wait(created.id, timeout=dt.timedelta(seconds=10))
+        assert done.status is qr.Status.SUCCEEDED
+        assert done.output is not None
 
 
 async def test_waiting_on_a_finished_prediction_sends_nothing(
@@ -431,14 +428,20 @@ async def test_a_wait_past_its_deadline_leaves_the_prediction_running() -> None:
         await client.cancel(created)
 
 
-async def test_a_wait_can_cancel_on_exit() -> None:
-    async with Emulator(duration=30, seed=3) as emu, make_client(emu.base_url) as client:
+async def test_a_wait_can_cancel_on_exit(server_profile: dict[str, Any]) -> None:
+    async with (
+        Emulator(duration=30, seed=3, **server_profile) as emu,
+        make_client(emu.base_url) as client,
+    ):
         created = await client.create(MODEL, prompt())
         with pytest.raises(qr.WaitTimeout) as caught:
             await client.wait(created.id, timeout=0.2, cancel_on_exit=True)
         assert caught.value.prediction is not None
         assert caught.value.prediction.status is qr.Status.CANCELED
-        assert "now canceled" in str(caught.value)
+        assert str(caught.value) == (
+            f"prediction {created.id} was still starting when the 0.2s deadline passed; "
+            "it was canceled on the server"
+        )
         assert running(emu) == []
 
 
@@ -528,6 +531,15 @@ async def test_run_in_sync_mode_costs_one_request() -> None:
         done = await client.run(MODEL, prompt(), timeout=30)
         assert done.status is qr.Status.SUCCEEDED
         assert [(r.kind, r.status) for r in emu.requests] == [("create", 201)]
+        # Nothing says the server lists predictions: a short sync wait, and the deadline.
+        headers = emu.predictions[0].create_headers
+        assert (headers["prefer"], headers["cancel-after"]) == ("wait=5", "30s")
+        listed = qr.Capabilities(list_predictions=True)
+    async with (
+        Emulator(duration=0.1, seed=9) as emu,
+        make_client(emu.base_url, poll=qr.PollPolicy(), capabilities=listed) as client,
+    ):
+        await client.run(MODEL, prompt(), timeout=30)
         assert emu.predictions[0].create_headers["prefer"] == "wait=29"  # 30 s, less a margin
 
 
@@ -540,7 +552,7 @@ async def test_the_sync_wait_never_outlasts_the_deadline() -> None:
         await client.run(MODEL, prompt("short"), timeout=1.5)
         await client.run(MODEL, prompt("none"))
         first, second = emu.predictions
-        assert "prefer" not in first.create_headers  # under a second left for it
+        assert first.create_headers["prefer"] == "wait=1"  # the deadline, less a margin
         assert second.create_headers["prefer"] == "wait=60"
         no_sync = qr.PollPolicy(sync_wait=None, interval=0.01)
     async with (
@@ -602,8 +614,11 @@ async def test_run_refuses_bad_input_before_any_request(
 # -- giving up leaves nothing running -----------------------------------------------------
 
 
-async def test_a_deadline_in_run_cancels_the_prediction() -> None:
-    async with Emulator(duration=30, seed=15) as emu, make_client(emu.base_url) as client:
+async def test_a_deadline_in_run_cancels_the_prediction(server_profile: dict[str, Any]) -> None:
+    async with (
+        Emulator(duration=30, seed=15, **server_profile) as emu,
+        make_client(emu.base_url) as client,
+    ):
         with pytest.raises(qr.WaitTimeout) as caught:
             await client.run(MODEL, prompt(), timeout=0.3)
         assert caught.value.prediction is not None
@@ -620,104 +635,11 @@ async def test_a_deadline_in_run_may_leave_it_running_if_asked() -> None:
         assert len(running(emu)) == 1
 
 
-async def test_a_task_cancelled_during_the_sync_create_leaves_nothing_running() -> None:
-    async with Emulator(duration=30, seed=17) as emu, make_client(emu.base_url) as client:
-        with anyio.CancelScope() as scope:
-            async with anyio.create_task_group() as group:
-                group.start_soon(client.run, MODEL, prompt())
-                await until(lambda: len(emu.predictions) == 1)
-                started = time.monotonic()
-                scope.cancel()
-        assert time.monotonic() - started < 3
-        assert running(emu) == []
-        assert emu.predictions[0].canceled
-        assert any(r.kind == "list" for r in emu.requests)
-
-
-async def test_a_create_cut_short_by_the_deadline_is_found_and_canceled() -> None:
-    slow_create = Faults(slow=1.0, slow_seconds=10, endpoints={"create"})
+async def test_a_task_cancelled_while_polling_cancels_the_prediction(
+    server_profile: dict[str, Any],
+) -> None:
     async with (
-        Emulator(duration=30, faults=slow_create, seed=18) as emu,
-        make_client(emu.base_url) as client,
-    ):
-        with pytest.raises(qr.WaitTimeout) as caught:
-            await client.run(MODEL, prompt(), timeout=0.3)
-        assert caught.value.prediction is not None
-        assert caught.value.prediction.status is qr.Status.CANCELED
-        assert running(emu) == []
-
-
-async def test_a_create_abandoned_before_it_arrived_is_looked_for_twice() -> None:
-    await abandon_before_arrival(page_size=100, lists=2)
-
-
-async def test_the_lookup_of_an_abandoned_create_reads_at_most_three_pages() -> None:
-    await abandon_before_arrival(page_size=1, lists=6)
-
-
-async def abandon_before_arrival(*, page_size: int, lists: int) -> None:
-    async with Emulator(duration=30, page_size=page_size, seed=19) as emu:
-        async with make_client(emu.base_url) as client:
-            others = [await client.create(MODEL, prompt(f"other {n}")) for n in range(4)]
-            emu.latency = 0.05  # the create is still on its way when the client gives up
-            with pytest.raises(qr.WaitTimeout) as caught:
-                await client.run(MODEL, prompt(), timeout=0.02)
-            assert caught.value.prediction is None
-            assert "google/imagen-4" in str(caught.value)
-        # The connection was closed before the server read the create, so nothing was
-        # made; two lookups (of at most three pages each) found nothing of it.
-        assert sum(r.kind == "list" for r in emu.requests) == lists
-        assert [record.id for record in emu.predictions] == [other.id for other in others]
-        assert running(emu) == list(emu.predictions)
-
-
-async def test_the_lookup_reads_on_to_the_next_page() -> None:
-    async with Emulator(duration=30, page_size=1, seed=24) as emu:
-        async with make_client(emu.base_url) as client:
-            with anyio.CancelScope() as scope:
-                async with anyio.create_task_group() as group:
-                    group.start_soon(client.run, MODEL, prompt("mine"))
-                    await until(lambda: len(emu.predictions) == 1)
-                    newer = await client.create(MODEL, prompt("someone else's"))
-                    scope.cancel()
-        mine = emu.predictions[0]
-        assert mine.canceled
-        assert emu.predictions.get(newer.id) is not None
-        assert not emu.predictions[1].canceled
-        assert sum(r.kind == "list" for r in emu.requests) == 2
-
-
-async def test_a_failed_cancel_is_logged(caplog: pytest.LogCaptureFixture) -> None:
-    broken_cancel = Faults(server_error=1.0, endpoints={"cancel"})
-    async with (
-        Emulator(duration=30, faults=broken_cancel, seed=25) as emu,
-        make_client(emu.base_url) as client,
-    ):
-        created = await client.create(MODEL, prompt())
-        with caplog.at_level(logging.WARNING, "quickrouter_async"), pytest.raises(qr.WaitTimeout):
-            await client.wait(created, timeout=0.1, cancel_on_exit=True)
-        assert f"could not cancel prediction {created.id}" in caplog.text
-        assert len(running(emu)) == 1
-
-
-async def test_a_failed_lookup_is_logged(caplog: pytest.LogCaptureFixture) -> None:
-    broken_list = Faults(server_error=1.0, endpoints={"list"})
-    async with Emulator(duration=30, faults=broken_list, seed=20) as emu:
-        async with make_client(emu.base_url) as client:
-            with anyio.CancelScope() as scope:
-                async with anyio.create_task_group() as group:
-                    group.start_soon(client.run, MODEL, prompt())
-                    await until(lambda: len(emu.predictions) == 1)
-                    with caplog.at_level(logging.WARNING, "quickrouter_async"):
-                        scope.cancel()
-            assert "could not look up" in caplog.text
-        for record in emu.predictions:
-            record.cancel(time.monotonic())
-
-
-async def test_a_task_cancelled_while_polling_cancels_the_prediction() -> None:
-    async with (
-        Emulator(duration=30, honor_prefer_wait=False, seed=21) as emu,
+        Emulator(duration=30, seed=21, **{**server_profile, "honor_prefer_wait": False}) as emu,
         make_client(emu.base_url) as client,
     ):
         with anyio.CancelScope() as scope:
@@ -729,25 +651,12 @@ async def test_a_task_cancelled_while_polling_cancels_the_prediction() -> None:
         assert not any(r.kind == "list" for r in emu.requests)
 
 
-async def test_a_cancelled_task_group_leaves_nothing_running() -> None:
-    async with Emulator(duration=30, seed=22) as emu, make_client(emu.base_url) as client:
-        async with anyio.create_task_group() as group:
-            for number in range(4):
-                group.start_soon(client.run, MODEL, prompt(f"sync {number}"))
-            await until(lambda: len(emu.predictions) == 4)
-            emu.honor_prefer_wait = False
-            for number in range(4):
-                group.start_soon(client.run, MODEL, prompt(f"polled {number}"))
-            await until(lambda: sum(r.kind == "get" for r in emu.requests) >= 4)
-            group.cancel_scope.cancel()
-        assert len(emu.predictions) == 8
-        assert running(emu) == []
-
-
-async def test_a_wait_cancelled_before_its_first_answer_cancels_by_id() -> None:
+async def test_a_wait_cancelled_before_its_first_answer_cancels_by_id(
+    server_profile: dict[str, Any],
+) -> None:
     slow_get = Faults(slow=1.0, slow_seconds=10, endpoints={"get"})
     async with (
-        Emulator(duration=30, honor_prefer_wait=False, seed=23) as emu,
+        Emulator(duration=30, seed=23, **{**server_profile, "honor_prefer_wait": False}) as emu,
         make_client(emu.base_url) as client,
     ):
         created = await client.create(MODEL, prompt())

@@ -350,7 +350,7 @@ async def test_every_create_goes_through_the_client_limiter() -> None:
             emu.api_key, base_url=emu.base_url, poll=FAST_POLL, retry=FAST_RETRY
         ) as client,
     ):
-        limiter = client._transport.create_limiter
+        limiter = client._creates.limiter
         assert isinstance(limiter, RateLimiter)
         assert not limiter.fixed
         for _ in range(3):
@@ -361,7 +361,7 @@ async def test_every_create_goes_through_the_client_limiter() -> None:
 
 async def test_a_fixed_client_rate_limit_is_installed() -> None:
     async with qr.QuickRouter("k", base_url="http://127.0.0.1:1", rate_limit=7.5) as client:
-        limiter = client._transport.create_limiter
+        limiter = client._creates.limiter
         assert isinstance(limiter, RateLimiter)
         assert limiter.fixed
         assert limiter.rate == 7.5
@@ -426,7 +426,7 @@ async def test_random_throttles_from_the_emulator_keep_the_pace() -> None:
         Emulator(duration=0.01, faults=faults, seed=3) as emu,
         qr.QuickRouter(emu.api_key, base_url=emu.base_url, poll=FAST_POLL, retry=retry) as client,
     ):
-        limiter = client._transport.create_limiter
+        limiter = client._creates.limiter
         assert isinstance(limiter, RateLimiter)
         inputs = [("google/imagen-4", {"prompt": f"p{n}"}) for n in range(60)]
         async with client.run_many(inputs, concurrency=20) as outcomes:

@@ -10,6 +10,7 @@ import collections
 import datetime as dt
 import email.utils
 import json
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -19,16 +20,9 @@ import attrs
 import pytest
 import quickrouter_async as qr
 from aiohttp import web
-from quickrouter_async._create import (
-    Ledger,
-    _ledger,
-    _matches,
-    build_create,
-    input_key,
-    is_claimed,
-    matches_request,
-    send_create,
-)
+from quickrouter_async._ledger import Ledger
+from quickrouter_async._lookup import Wanted
+from quickrouter_async._request import build_create
 from quickrouter_async.testing import Emulator, Faults
 
 from .http_servers import Scripted, hang, prediction_json, reply
@@ -63,10 +57,7 @@ class Sleeps(list[float]):
 def make_client(base_url: str, sleeps: Sleeps | None = None, **options: Any) -> qr.QuickRouter:
     options.setdefault("retry", RETRY)
     options.setdefault("poll", POLL)
-    client = qr.QuickRouter("test-key", base_url=base_url, **options)
-    if sleeps is not None:
-        client._transport.sleep = sleeps
-    return client
+    return qr.QuickRouter("test-key", base_url=base_url, sleep=sleeps, **options)
 
 
 @pytest.fixture
@@ -101,7 +92,7 @@ async def test_a_create_the_server_stored_is_attached_to(
     assert prediction.id == record.id
     assert emulator.count("create") == 1
     assert emulator.count("list") >= 1
-    assert is_claimed(client._transport, record.id)
+    assert record.id in client._creates.ledger.claimed
 
 
 async def test_a_create_that_timed_out_after_storing_is_attached_to(emulator: Emulator) -> None:
@@ -309,7 +300,7 @@ async def test_identical_inputs_never_share_a_prediction(mini: MiniAPI) -> None:
     lists = [i for i, seen in enumerate(mini.server.seen) if seen.method == "GET"]
     assert lists
     assert min(lists) > posts[1]
-    assert _ledger(client._transport).inputs == {}
+    assert client._creates.ledger.inputs == {}
 
 
 async def test_identical_inputs_through_create_faults_each_get_their_own(
@@ -362,9 +353,10 @@ async def test_a_server_clock_far_behind_still_finds_the_prediction() -> None:
             prediction = await client.create(MODEL, {"prompt": "skew"})
         assert prediction.id == "p1"
         assert server.count("POST") == 1
-        offset = client._transport.clock_offset
+        # The local clock is an hour ahead of the server's.
+        offset = client._transport.clock.offset
         assert offset is not None
-        assert -3602 < offset < -3598
+        assert 3598 < offset < 3602
 
 
 async def test_an_older_identical_prediction_is_not_taken_for_ours(mini: MiniAPI) -> None:
@@ -390,7 +382,7 @@ async def test_without_a_date_header_the_local_clock_is_allowed_some_skew(mini: 
     mini.then(fail_without_date, store=True)
     async with make_client(mini.server.base_url) as client:
         prediction = await client.create(MODEL, {"prompt": "no date"})
-        assert client._transport.clock_offset is None
+        assert client._transport.clock.offset is None
     assert prediction.id == "p1"
     assert mini.server.count("POST") == 1
 
@@ -413,11 +405,11 @@ async def test_too_many_recent_predictions_to_search_is_a_create_in_doubt(
     assert caught.value.input == {"prompt": "needle"}
     assert isinstance(caught.value.__cause__, qr.ServerError)
     assert mini.server.count("GET", LIST_PATH) == 10
-    # Cursor pages from another host were followed on the API host, with its query.
-    assert {seen.query for seen in mini.server.seen if seen.method == "GET"} == {
-        "",
-        "cursor=more",
-    }
+    # Only predictions created since the create was sent are asked for, and cursor pages
+    # from another host were followed on the API host, with their query.
+    first, *others = [seen.query for seen in mini.server.seen if seen.method == "GET"]
+    assert first.startswith("created_after=")
+    assert set(others) == {"cursor=more"}
 
 
 async def test_an_empty_listing_means_absent(mini: MiniAPI) -> None:
@@ -445,7 +437,7 @@ async def test_watched_predictions_are_never_attached_to(mini: MiniAPI) -> None:
             webhook_events_filter=None,
             cancel_after=None,
         )
-        prediction = await send_create(client._transport, request, taken={"watched"})
+        prediction = await client._creates.create(request, taken={"watched"})
     assert prediction.id == "p1"
 
 
@@ -468,25 +460,19 @@ def test_old_claims_are_forgotten() -> None:
         ("acme/m:abc123", {"model": "acme/m", "version": "def456"}, False),
         ("acme/m:abc123", {"model": None, "version": None}, True),
         ("acme/m:abc123", {"model": "acme/n", "version": "abc123"}, False),
+        ("abc123", {"model": "acme/m", "version": "abc123"}, True),
+        ("abc123", {"model": "acme/m", "version": "def456"}, False),
     ],
 )
 def test_which_predictions_match_a_create(
     model: str, prediction: dict[str, Any], match: bool
 ) -> None:
-    request = build_create(
-        model,
-        {"prompt": "p", "n": 1},
-        wait=None,
-        webhook=None,
-        webhook_events_filter=None,
-        cancel_after=None,
-    )
+    since = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=1)
+    wanted = Wanted.of(model, {"prompt": "p", "n": 1}, since)
     candidate = qr.Prediction(
-        id="x", status=qr.Status.STARTING, input={"n": 1.0, "prompt": "p"}, **prediction
+        id="x", status=qr.Status.STARTING, input={"n": 1, "prompt": "p"}, **prediction
     )
-    assert matches_request(candidate, request) is match
-    other = qr.Prediction(id="y", status=qr.Status.STARTING, input={"prompt": "q"}, **prediction)
-    assert not matches_request(other, request)
+    assert wanted.accepts(candidate) is match
 
 
 # -- many predictions through every fault at once ---------------------------------------
@@ -553,7 +539,7 @@ def build(model: Any = MODEL, payload: Any = None, **options: Any) -> Any:
         ({"wait": 2.5}, {"Prefer": "wait=3"}),
         ({"cancel_after": "1h30m"}, {"Cancel-After": "1h30m"}),
         ({"cancel_after": dt.timedelta(minutes=2)}, {"Cancel-After": "120s"}),
-        ({"cancel_after": 10.4}, {"Cancel-After": "10s"}),
+        ({"cancel_after": 10.4}, {"Cancel-After": "11s"}),
     ],
 )
 def test_create_headers(options: dict[str, Any], headers: dict[str, str]) -> None:
@@ -603,17 +589,15 @@ def test_create_bodies() -> None:
         "webhook_events_filter": ["start", "completed"],
     }
     assert versioned.sync_wait == 5
-    # Submissions one lookup could confuse share a key: same model, any version.
-    assert versioned.key == build("acme/m", {"sizes": [1, 2], "prompt": "x"}).key
-    assert versioned.key == input_key("acme/m", {"sizes": [1, 2], "prompt": "x"})
-    assert versioned.key != build("acme/m:abc", {"prompt": "x", "sizes": [1, 3]}).key
+    # The same input in any key order is one text, as a lookup compares it.
+    assert versioned.input_json == build("acme/m", {"sizes": [1, 2], "prompt": "x"}).input_json
+    assert versioned.input_json != build("acme/m:abc", {"prompt": "x", "sizes": [1, 3]}).input_json
 
 
 def test_input_json_is_checked_and_keyed_as_the_server_echoes_it() -> None:
     # Keys of several types cannot be sorted; as JSON they are strings, and so is the key.
     mixed = build(MODEL, {"prompt": "x", "weights": {1: "a", "b": 2}})
     assert mixed.input == {"prompt": "x", "weights": {"1": "a", "b": 2}}
-    assert mixed.key == input_key(MODEL, mixed.input)
     assert json.loads(mixed.body)["input"] == mixed.input
     for bad in ({"prompt": float("nan")}, {"prompt": object()}, {"prompt": "\ud800"}):
         with pytest.raises(qr.InputError, match="input is not"):
@@ -623,9 +607,81 @@ def test_input_json_is_checked_and_keyed_as_the_server_echoes_it() -> None:
 
 
 def test_matching_with_a_start_time() -> None:
-    request = build(MODEL, {"prompt": "x"})
     now = dt.datetime.now(dt.UTC)
+    wanted = Wanted.of(MODEL, {"prompt": "x"}, now)
     recent = qr.Prediction(id="a", status=qr.Status.STARTING, input={"prompt": "x"}, created_at=now)
     old = attrs.evolve(recent, created_at=now - dt.timedelta(hours=1))
-    assert _matches(recent, request, now)
-    assert not _matches(old, request, now)
+    assert wanted.accepts(recent)
+    assert not wanted.accepts(old)
+
+
+# -- a gateway without the list route ----------------------------------------------------
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[Emulator]:
+    async with Emulator(profile="gateway", duration=0.05, seed=31) as emu:
+        yield emu
+
+
+async def test_on_a_gateway_a_create_in_doubt_raises_with_its_input(
+    gateway: Emulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    gateway.faults = Faults(server_error_after_create=1.0, endpoints={"create"})
+    with caplog.at_level(logging.WARNING, "quickrouter_async"):
+        async with make_client(gateway.base_url) as client:
+            for number in range(3):
+                with pytest.raises(qr.CreateInDoubt) as caught:
+                    await client.create(MODEL, {"prompt": f"doubt {number}"})
+                assert caught.value.input == {"prompt": f"doubt {number}"}
+                assert "no list route" in str(caught.value)
+            assert client.capabilities.list_predictions is False
+    # At most once: each create sent once, and looked for once (the route was absent).
+    assert gateway.count("create") == 3
+    assert gateway.count("list") == 1
+    assert [r.getMessage() for r in caplog.records].count(caplog.records[0].getMessage()) == 1
+    assert "no list route" in caplog.records[0].getMessage()
+
+
+async def test_on_a_gateway_resend_sends_a_create_in_doubt_again(gateway: Emulator) -> None:
+    gateway.faults = Faults(server_error_after_create=1.0, endpoints={"create"})
+
+    def heal() -> None:
+        gateway.faults = None
+
+    retry = attrs.evolve(RETRY, in_doubt="resend")
+    async with make_client(gateway.base_url, Sleeps(then=heal), retry=retry) as client:
+        prediction = await client.create(MODEL, {"prompt": "paid twice"})
+    # The first create was stored before its 500: resending made a second prediction.
+    assert server_copies(gateway, "paid twice") == 2
+    assert prediction.id == gateway.predictions[-1].id
+
+
+@pytest.mark.parametrize(
+    ("profile", "in_doubt"),
+    [("replicate", "raise"), ("gateway", "raise"), ("gateway", "resend")],
+)
+async def test_through_create_faults_nothing_is_created_twice_unless_asked(
+    profile: str, in_doubt: str
+) -> None:
+    faults = Faults(server_error=0.1, server_error_after_create=0.1, endpoints={"create"})
+    retry = qr.RetryPolicy(
+        attempts=6, initial=0.001, maximum=0.01, max_retry_after=0.02, in_doubt=in_doubt
+    )
+    async with (
+        Emulator(profile=profile, duration=0.05, seed=33, faults=faults) as emu,  # type: ignore[arg-type]
+        make_client(emu.base_url, retry=retry, rate_limit=1000) as client,
+        client.run_many(((MODEL, {"prompt": f"p {n}"}) for n in range(60)), timeout=30) as results,
+    ):
+        outcomes = [outcome async for outcome in results]
+    copies = collections.Counter(record.input["prompt"] for record in emu.predictions)
+    stored_then_failed = sum(r.fault == "server_error_after_create" for r in emu.requests)
+    assert stored_then_failed > 0
+    errors = collections.Counter(type(o.error).__name__ for o in outcomes if not o.ok)
+    if in_doubt == "raise":
+        assert max(copies.values()) == 1
+        allowed = {"CreateInDoubt"} if profile == "gateway" else set()
+        assert set(errors) <= allowed, errors
+    else:
+        assert not errors
+        assert sum(copies.values()) - len(copies) <= stored_then_failed

@@ -7,6 +7,7 @@ POSTs to, and a client pointed at the emulator.
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import TYPE_CHECKING
 
 import anyio
@@ -270,11 +271,20 @@ async def test_the_handler_answers_500_when_the_secret_cannot_be_fetched(
         qr.QuickRouter("wrong", base_url=emulator.base_url, retry=FAST_RETRY) as client,
     ):
         receiver = qr.WebhookReceiver(client)
+        body = b'{"id": "p1", "status": "succeeded"}'
+        now = int(time.time())
+        # Well formed, so worth the secret; signed with a key the receiver cannot know yet.
+        headers = {
+            "webhook-id": "x",
+            "webhook-timestamp": str(now),
+            "webhook-signature": sign_webhook("whsec_AAAA", "x", now, body),
+        }
         async with (
             serve(receiver.handle) as url,
-            client._transport.session.post(url, data=b"{}", headers={"webhook-id": "x"}) as answer,
+            client._transport.session.post(url, data=body, headers=headers) as answer,
         ):
             assert answer.status == 500
+        assert emulator.count("webhook_secret") == 1
     assert "wrong" not in caplog.text
 
 

@@ -20,7 +20,6 @@ Three things stop the feeding of new creates early:
 
 from __future__ import annotations
 
-import datetime as dt
 import enum
 import errno
 import json
@@ -31,13 +30,15 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 import attrs
 
-from .._create import CLOCK_SKEW, input_key
 from .._errors import APIError, CreateInDoubt, QuickRouterError
 from .._journal import Entry, JournalError, State
+from .._lookup import Wanted, find_created, window_start
 from .._polling import cancel_quietly
 from .._ratelimit import INITIAL_BURST
+from . import _lines
 
 if TYPE_CHECKING:
+    import datetime as dt
     from typing import IO
 
     from .._client import QuickRouter
@@ -125,6 +126,7 @@ class Batch:
         concurrency: int,
         detach: bool,
         results: IO[str],
+        folder: Path | None = None,
         resend_in_doubt: bool = False,
     ) -> None:
         self.client = client
@@ -138,6 +140,8 @@ class Batch:
         self._writer = anyio.CapacityLimiter(1)
         # Inputs left in doubt whose lookup failed: not sent again in this run.
         self.skip: set[int] = set()
+        # The input file's folder: "@path" values are relative to it.
+        self.folder = folder or Path()
         # The first answer that said the account cannot create: no create is sent after it.
         self.refused: APIError | None = None
         # The journal or disk failure that stopped the run.
@@ -187,53 +191,48 @@ class Batch:
     async def resolve_in_doubt(self) -> None:
         """Attach the inputs a crash left ``submitting`` to the predictions they made.
 
-        The account's predictions are listed newest first, back to the earliest such
-        create (less a clock allowance), and matched on model and input; ids the journal
-        already holds are never matched. Inputs not found stay ``submitting`` and are
-        sent again: they certainly never reached the server.
+        One lookup (`find_created`) over the account's predictions, newest first, back
+        to the earliest such create (less a clock allowance), matched on model and
+        input; ids the journal already holds are never matched. Inputs certainly not
+        found stay ``submitting`` and are sent again: they never reached the server.
+        Where the lookup is impossible (no list route) or fails, they are not sent again
+        in this run.
         """
-        doubts: dict[str, list[Entry]] = {}
-        earliest = None
+        doubts: list[Entry] = []
         after = -1
         while page := await self.journal.page(after=after, states=("submitting",)):
-            for entry in page:
-                doubts.setdefault(input_key(entry.model, entry.input), []).append(entry)
-                sent = entry.sent_at or 0.0
-                earliest = sent if earliest is None else min(earliest, sent)
+            doubts.extend(page)
             after = page[-1].index
-        if earliest is None:
+        if not doubts:
             return
-        since = dt.datetime.fromtimestamp(earliest, dt.UTC) - CLOCK_SKEW
+        wanted = [
+            Wanted.of(
+                entry.model,
+                await _lines.input_as_sent(entry.input, self.folder),
+                window_start(entry.sent_at or 0.0, None),
+            )
+            for entry in doubts
+        ]
+        since = min(want.since for want in wanted)
         try:
-            await self._match(doubts, since)
+            taken = await self.journal.prediction_ids()
+            found = await find_created(
+                self.client.list_predictions(created_after=since), wanted, taken=taken
+            )
         except QuickRouterError as exc:
             # Sending these again might create their predictions twice: skip them now.
-            for entries in doubts.values():
-                for entry in entries:
-                    self.skip.add(entry.index)
-                    await self._keep(entry.index, exc)
-                    self.tally.finish(ok=False, started=False)
-
-    async def _match(self, doubts: dict[str, list[Entry]], since: dt.datetime) -> None:
-        taken = await self.journal.prediction_ids()
-        left = sum(len(entries) for entries in doubts.values())
-        async for prediction in self.client.list_predictions(created_after=since):
-            if prediction.created_at is not None and prediction.created_at < since:
-                break
-            key = input_key(prediction.model, prediction.input)
-            waiting = doubts.get(key)
-            if prediction.id in taken or not waiting:
-                continue
-            entry = waiting.pop(0)
-            if not waiting:
-                del doubts[key]
-            taken.add(prediction.id)
-            await self.journal.update(
-                entry.index, state="submitted", prediction_id=prediction.id, error=None
-            )
-            left -= 1
-            if not left:
-                break
+            for entry in doubts:
+                self.skip.add(entry.index)
+                await self._keep(entry.index, exc)
+                self.tally.finish(ok=False, started=False)
+            return
+        for entry, prediction in zip(doubts, found.predictions, strict=True):
+            if prediction is not None:
+                await self.journal.update(
+                    entry.index, state="submitted", prediction_id=prediction.id, error=None
+                )
+            elif not found.complete:
+                self.skip.add(entry.index)  # not looked at far enough back: unknown
 
     def _fail(self, exc: JournalError | OSError) -> None:
         """Stop the run on a journal or disk failure; the first one is reported."""
@@ -270,7 +269,8 @@ class Batch:
         try:
             with anyio.CancelScope(shield=True), anyio.move_on_after(_CREATE_GRACE):
                 await self.journal.update(entry.index, state=State.SUBMITTING, sent_at=time.time())
-                prediction = await self.client.create(entry.model, entry.input)
+                payload = _lines.local_files(entry.input, self.folder)
+                prediction = await self.client.create(entry.model, payload)
                 await self.journal.update(
                     entry.index,
                     state=State.SUBMITTED,

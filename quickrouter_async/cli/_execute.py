@@ -142,6 +142,7 @@ async def _run(
         concurrency=options.concurrency,
         detach=options.detach,
         results=results.wrapped,
+        folder=options.source.parent,
         resend_in_doubt=options.resend_in_doubt,
     )
     interrupted = False

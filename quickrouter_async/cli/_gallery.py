@@ -7,12 +7,14 @@ exactly one entry per input, in input order.
 
 from __future__ import annotations
 
-import html
 import json
 import os
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, TextIO
+
+from .._html import Card, Image, path_src, render_page
+from .._text import short_repr
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -23,18 +25,7 @@ __all__ = ["GALLERY_NAME", "RESULTS_NAME", "write_gallery", "write_results"]
 
 RESULTS_NAME: Final = "results.jsonl"
 GALLERY_NAME: Final = "index.html"
-
-_STYLE: Final = (
-    "body{font-family:system-ui,sans-serif;margin:2em;background:#fafafa}"
-    "main{display:grid;grid-template-columns:repeat(auto-fill,minmax(260px,1fr));gap:1em}"
-    "figure{margin:0;padding:.6em;background:#fff;border-radius:8px;box-shadow:0 1px 3px #0002}"
-    ".images{display:flex;gap:4px;justify-content:center;align-items:center;"
-    "height:220px;margin-bottom:.4em}"
-    ".images a{flex:1 1 0;min-width:0;height:100%;display:flex;align-items:center}"
-    "img{max-width:100%;max-height:100%;display:block;margin:0 auto}"
-    ".failed,.canceled,.aborted,.pending,.submitting,.submitted,.terminal"
-    "{outline:2px solid #c33}"
-)
+_TITLE: Final = "quickrouter-async gallery"
 
 
 def _atomic(target: Path, write: Callable[[TextIO], int]) -> int:
@@ -62,34 +53,35 @@ def write_results(target: Path, entries: Iterable[Entry]) -> int:
     return _atomic(target, write)
 
 
-def _card(entry: Entry) -> str:
-    status = str(entry.result()["status"])
-    images = "".join(
-        f'<a href="{html.escape(name)}"><img src="{html.escape(name)}" loading="lazy" alt=""></a>'
-        for name in entry.files
-    )
-    prompt = str(entry.input.get("prompt", ""))
-    error = f"<br><small>{html.escape(entry.error)}</small>" if entry.error else ""
-    return (
-        f'<figure class="{html.escape(status)}"><div class="images">{images}</div><figcaption>'
-        f"<b>#{entry.index}</b> {html.escape(prompt)}<br><small>{html.escape(entry.model)} · "
-        f"{html.escape(status)}</small>{error}</figcaption></figure>\n"
+def _card(entry: Entry) -> Card:
+    """An entry's card, labelled with the numbers its line of ``results.jsonl`` carries."""
+    result = entry.result()
+    prompt = entry.input.get("prompt")
+    images = tuple(Image(path_src(name), path_src(name)) for name in entry.files)
+    return Card(
+        status=str(result["status"]),
+        label=f"line {entry.line} · index {entry.index}",
+        title=f"{RESULTS_NAME}: index {entry.index} (from 0), line {entry.line} of the input file",
+        prompt=prompt if prompt is None or isinstance(prompt, str) else short_repr(prompt),
+        model=entry.model,
+        prediction_id=entry.prediction_id,
+        error=entry.error,
+        images=images,
     )
 
 
 def write_gallery(target: Path, entries: Iterable[Entry]) -> int:
-    """Write an HTML page with a thumbnail card per entry into ``target``; return how many."""
+    """Write an HTML page with a card per entry into ``target``; return how many.
+
+    The page is rendered as `qr.gallery` renders a notebook's grid; each card is
+    labelled with the ``line`` (in the input file, from 1) and ``index`` (from 0) of its
+    line in ``results.jsonl``, which the page links to.
+    """
+    cards = [_card(entry) for entry in entries]
+    page = render_page(cards, title=_TITLE, links=[(RESULTS_NAME, RESULTS_NAME)])
 
     def write(handle: TextIO) -> int:
-        handle.write(
-            "<!doctype html><meta charset=utf-8><title>quickrouter-async gallery</title>"
-            f"<style>{_STYLE}</style><h1>quickrouter-async gallery</h1><main>\n"
-        )
-        count = 0
-        for entry in entries:
-            handle.write(_card(entry))
-            count += 1
-        handle.write(f"</main><p>{count} inputs</p>\n")
-        return count
+        handle.write(page)
+        return len(cards)
 
     return _atomic(target, write)

@@ -5,6 +5,13 @@ A batch file holds one input a line: a bare input object (the model comes from
 the models the library knows (Imagen 4, Seedream 4) are checked with their typed input
 classes, so a typo is found before anything is sent; other models only need an object.
 
+A string value that starts with ``@`` names a local file, sent as a ``data:`` URI (the
+convention of Replicate's and cog's command lines): ``"image_input": ["@ref.jpg"]``,
+``--set image_input=@ref.jpg``. ``@@`` stands for a literal leading ``@``. Paths are
+relative to the input file (``batch``) or the current folder (``run``); each file is
+checked when the input is, and read only when its create is built, so the journal keeps
+the line as written.
+
 A line is read strictly, so that what is sent is exactly what the file says: bytes that
 are not UTF-8, a lone surrogate (``"\\ud800"``), ``NaN`` or ``Infinity``, a number out of
 range, an integer of more than `MAX_DIGITS` digits and nesting deeper than `MAX_DEPTH`
@@ -15,20 +22,33 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+import anyio
 import attrs
 
-from .._errors import InputError
+from .._errors import InputError, short_repr
 from .._inputs import IMAGEN4_MODELS, SEEDREAM4_MODEL, Imagen4Input, Seedream4Input
 from .._inputs import validate_model_name as _validate_model_name
 from .._journal import Entry
+from .._local_files import MAX_FILE_BYTES, encode_local_files
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
-    from pathlib import Path
 
-__all__ = ["MAX_DEPTH", "MAX_DIGITS", "Scan", "entries", "parse_setting", "scan", "validate"]
+__all__ = [
+    "MAX_DEPTH",
+    "MAX_DIGITS",
+    "Scan",
+    "entries",
+    "image_lists",
+    "input_as_sent",
+    "local_files",
+    "parse_setting",
+    "scan",
+    "validate",
+]
 
 # No input of an image model nests this deep or needs a longer integer; a line that does
 # is a mistake, and refusing it keeps parsing, the journal and the request bounded.
@@ -65,7 +85,7 @@ def validate(model: str, payload: object) -> None:
     if unknown:
         hint = f"; {_SHAPE}" if {"model", "input"} & set(unknown) else ""
         raise InputError(
-            f"unknown field(s) {', '.join(unknown)} for {model}; known: "
+            f"unknown field(s) {short_repr(', '.join(unknown))} for {model}; known: "
             f"{', '.join(sorted(fields))}{hint}"
         )
     if "prompt" not in payload:
@@ -148,7 +168,9 @@ def _decode(raw: bytes, number: int) -> str:
     return text.removeprefix("\ufeff") if number == 1 else text
 
 
-def _parse(text: str, default_model: str | None) -> tuple[str, dict[str, Any]]:
+def _parse(
+    text: str, default_model: str | None, folder: Path | None = None
+) -> tuple[str, dict[str, Any]]:
     try:
         data = json.loads(text, parse_constant=_no_constant, parse_float=_float, parse_int=_int)
     except json.JSONDecodeError as exc:
@@ -157,7 +179,7 @@ def _parse(text: str, default_model: str | None) -> tuple[str, dict[str, Any]]:
         raise InputError(f"nested more than {MAX_DEPTH} levels deep") from None
     _check_values(data)
     model, payload = _split(data, default_model)
-    validate(model, payload)
+    validate(model, payload if folder is None else local_files(payload, folder, check=True))
     assert isinstance(payload, dict)  # noqa: S101 (validate checked it)
     return model, payload
 
@@ -219,7 +241,7 @@ def scan(path: Path, default_model: str | None) -> Scan:
             if not text:
                 continue
             found.count += 1
-            _parse(text, default_model)
+            _parse(text, default_model, path.parent)
         except (InputError, TypeError, ValueError) as exc:
             found.note(number, str(exc))
     return found
@@ -236,7 +258,7 @@ def entries(path: Path, default_model: str | None) -> Iterator[Entry]:
         text = _decode(raw, number).strip()
         if text:
             try:
-                model, payload = _parse(text, default_model)
+                model, payload = _parse(text, default_model, path.parent)
             except (InputError, TypeError, ValueError) as exc:
                 raise InputError(f"{path.name}:{number}: {exc}") from None
             yield Entry(index=index, line=number, model=model, input=payload)
@@ -251,9 +273,100 @@ def parse_setting(text: str) -> tuple[str, Any]:
     """
     key, sep, value = text.partition("=")
     if not sep or not key.strip():
-        raise InputError(f"--set takes KEY=VALUE, got {text!r}")
+        raise InputError(f"--set takes KEY=VALUE, got {short_repr(text)}")
     try:
         parsed: Any = json.loads(value)
     except json.JSONDecodeError:
         parsed = value
     return key.strip(), parsed
+
+
+# -- local files: values that start with "@" ----------------------------------------
+
+_FILE_MARK: Final = "@"
+# Fields of the typed models that take a list of images: `--set KEY=@file` gives one.
+_IMAGE_LISTS: Final[dict[str, frozenset[str]]] = {SEEDREAM4_MODEL: frozenset({"image_input"})}
+
+
+def _check_file(path: Path, where: str) -> None:
+    """Check that ``path`` is a file this process can read, small enough to send inline."""
+    hint = f"(a value starting with {_FILE_MARK} names a local file; write @@ for a literal @)"
+    try:
+        with path.open("rb"):
+            size = path.stat().st_size
+    except OSError as exc:
+        raise InputError(
+            f"{where}: cannot read {short_repr(str(path))}: {exc.strerror or exc} {hint}"
+        ) from None
+    if size > MAX_FILE_BYTES:
+        raise InputError(
+            f"{where}: {short_repr(str(path))} is larger than {MAX_FILE_BYTES // 2**20} MiB, "
+            "the most sent inline; put it on a web server and pass its https:// URL"
+        )
+
+
+def _expand(value: object, folder: Path, where: str, *, check: bool) -> object:
+    if isinstance(value, str) and value.startswith(_FILE_MARK):
+        if value.startswith(_FILE_MARK * 2):
+            return value[1:]
+        path = folder / value[1:]
+        if check:
+            _check_file(path, where)
+        return path
+    if isinstance(value, dict):
+        return {
+            key: _expand(item, folder, f"{where}.{key}", check=check) for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [
+            _expand(item, folder, f"{where}[{index}]", check=check)
+            for index, item in enumerate(value)
+        ]
+    return value
+
+
+def local_files(payload: object, folder: Path, *, check: bool = False) -> Any:
+    """``payload`` with each ``@path`` string, at any depth, as a `Path` under ``folder``.
+
+    ``@@text`` becomes ``@text``. The client reads the paths into ``data:`` URIs when the
+    create is built.
+
+    Args:
+        payload: the input as written (a line's input, or ``--set`` values).
+        folder: the folder relative paths start from.
+        check: also check that each file is readable and small enough (blocking).
+
+    Raises:
+        InputError: with ``check``, a file is missing, unreadable or too large.
+    """
+    if not isinstance(payload, dict):
+        return payload
+    try:
+        return _expand(payload, folder, "input", check=check)
+    except RecursionError:
+        raise InputError("the input is nested too deeply") from None
+
+
+def image_lists(model: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """``payload`` with a single file given to a list-of-images field made a list of one."""
+    fields = _IMAGE_LISTS.get(model.partition(":")[0], frozenset())
+    return {
+        key: [value] if key in fields and isinstance(value, Path) else value
+        for key, value in payload.items()
+    }
+
+
+async def input_as_sent(payload: dict[str, Any], folder: Path) -> Any:
+    """A line's input as the server echoes it back: ``@path`` files read into ``data:``
+    URIs (in a worker thread), for matching a create in doubt to its prediction.
+
+    A file that can no longer be read is left as its path: that input's create then
+    fails before anything is sent.
+    """
+    expanded = local_files(payload, folder)
+    if expanded == payload:
+        return expanded
+    try:
+        return await anyio.to_thread.run_sync(encode_local_files, expanded)
+    except InputError:
+        return expanded

@@ -72,7 +72,8 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="another input field; VALUE is read as JSON when it parses, else as a string",
+        help="another input field; VALUE is read as JSON when it parses, else as a string; "
+        "@PATH sends a local file (@@ for a literal @)",
     )
     run.add_argument(
         "--out", type=Path, default=Path(), help="output folder, made if missing (default: .)"

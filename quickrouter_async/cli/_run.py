@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
@@ -13,8 +14,6 @@ from . import _lines
 from ._status import EXIT_FAILED, EXIT_OK, EXIT_USAGE, say
 
 if TYPE_CHECKING:
-    from pathlib import Path
-
     from .._client import QuickRouter
     from .._models import Prediction
 
@@ -27,13 +26,19 @@ _CREATE_GRACE: Final = 30.0
 def build_input(model: str, prompt: str, settings: list[str]) -> dict[str, Any]:
     """The input ``--prompt`` and ``--set KEY=VALUE`` describe, validated for ``model``.
 
+    A ``--set`` value that starts with ``@`` names a local file (relative to the current
+    folder), checked here and sent as a ``data:`` URI; a single file given to a field
+    that takes a list of images is a list of one. ``--prompt`` is always text.
+
     Raises:
-        InputError: a setting or the input is invalid.
+        InputError: a setting or the input is invalid, or a file is unreadable.
     """
-    payload: dict[str, Any] = {"prompt": prompt}
+    settings_payload: dict[str, Any] = {}
     for text in settings:
         key, value = _lines.parse_setting(text)
-        payload[key] = value
+        settings_payload[key] = value
+    files = _lines.local_files(settings_payload, Path(), check=True)
+    payload: dict[str, Any] = {"prompt": prompt, **_lines.image_lists(model, files)}
     _lines.validate(model, payload)
     return payload
 

@@ -35,6 +35,21 @@ KNOWN_VERSIONS: Final[Mapping[str, str]] = {
     "e6cff243d7a5e551e1ca2b4bf291413d649c9f1417f9a52c1c0a4fbc36027b83": SEEDREAM_MODEL,
 }
 
+#: Models the emulator runs; a create for any other answers 404, as the API does
+#: (unless the emulator is told to accept any model).
+KNOWN_MODELS: Final = frozenset(
+    {
+        *IMAGEN_MODELS,
+        SEEDREAM_MODEL,
+        "bytedance/seedream-4.5",
+        "black-forest-labs/flux-kontext-pro",
+        "black-forest-labs/flux-kontext-max",
+        "black-forest-labs/flux-schnell",
+        "flux-kontext-apps/multi-image-kontext-max",
+        "ideogram-ai/ideogram-v2-turbo",
+    }
+)
+
 _VERSION_ID = re.compile(r"[0-9a-f]{64}")
 _MODEL_NAME = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 

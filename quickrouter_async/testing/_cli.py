@@ -47,6 +47,14 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         description="Serve the QuickRouter API emulator until interrupted (Ctrl-C or SIGTERM).",
     )
     add = parser.add_argument
+    add(
+        "--profile",
+        choices=("replicate", "gateway"),
+        default="replicate",
+        help="replicate: the full API (default); gateway: create and get only, as QuickRouter "
+        "documents",
+    )
+    add("--any-model", action="store_true", help="run any model name (default: known ones)")
     add("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     add("--port", type=int, default=0, help="port to listen on; 0 picks a free one (default)")
     add("--api-key", default="test-key", help="bearer token required (default test-key)")
@@ -57,6 +65,13 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     add("--fail-prompt", action="append", default=[], help="prompts containing it fail")
     add("--failure-rate", type=float, default=0.0, help="chance any prediction fails")
     add("--no-prefer-wait", action="store_true", help="ignore the Prefer: wait header")
+    add("--prefer-wait", action="store_true", help="honour Prefer: wait (with --profile gateway)")
+    add("--list-route", action="store_true", help="serve the list route (with --profile gateway)")
+    add(
+        "--cancel-route",
+        action="store_true",
+        help="serve the cancel route (with --profile gateway)",
+    )
     add("--image-size", type=int, default=256, help="long edge of output images in pixels")
     add("--page-size", type=int, default=100, help="predictions per list page")
     add("--min-cancel-after", type=float, default=5.0, help="smallest Cancel-After accepted")
@@ -114,7 +129,14 @@ def emulator_options(arguments: argparse.Namespace) -> dict[str, Any]:
     if any(chances.values()):
         endpoints = [part.strip() for part in arguments.fault_endpoints.split(",") if part.strip()]
         faults = Faults(**chances, slow_seconds=arguments.slow_seconds, endpoints=endpoints)
+    prefer: bool | None = None
+    if arguments.no_prefer_wait or arguments.prefer_wait:
+        prefer = arguments.prefer_wait and not arguments.no_prefer_wait
     return {
+        "profile": arguments.profile,
+        "accept_any_model": arguments.any_model,
+        "list_route": True if arguments.list_route else None,
+        "cancel_route": True if arguments.cancel_route else None,
         "host": arguments.host,
         "port": arguments.port,
         "api_key": arguments.api_key,
@@ -124,7 +146,7 @@ def emulator_options(arguments: argparse.Namespace) -> dict[str, Any]:
         "latency": arguments.latency,
         "fail_prompts": arguments.fail_prompt,
         "failure_rate": arguments.failure_rate,
-        "honor_prefer_wait": not arguments.no_prefer_wait,
+        "honor_prefer_wait": prefer,
         "image_size": arguments.image_size,
         "page_size": arguments.page_size,
         "min_cancel_after": arguments.min_cancel_after,

@@ -7,7 +7,7 @@ import base64
 import datetime
 import random
 import time
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Final, Literal, Self
 
 import yarl
 from aiohttp import web
@@ -32,6 +32,9 @@ DurationRange = Duration | tuple[Duration, Duration]
 
 # Aiohttp waits this long for unfinished handlers when the emulator stops.
 _SHUTDOWN_TIMEOUT = 1.0
+#: The servers the emulator can play.
+Profile = Literal["replicate", "gateway"]
+_PROFILES: Final = ("replicate", "gateway")
 _ANY_ADDRESS = frozenset({"0.0.0.0", "::", ""})  # noqa: S104 (compared with, not bound)
 
 
@@ -68,7 +71,28 @@ class Emulator:
     example ``emulator.faults = Faults(reset=0.5)`` or
     ``emulator.honor_prefer_wait = False``); new values apply to later requests.
 
+    Two profiles set the defaults of what the server offers. ``"replicate"`` (the
+    default) is Replicate's API in full. ``"gateway"`` is a gateway that relays create
+    and get only, as QuickRouter documents: it ignores ``Prefer: wait``, sends no
+    ``ratelimit-*`` headers, delivers no webhooks, passes Replicate's own
+    ``https://api.replicate.com/...`` URLs through in ``urls``, and answers every other
+    route (list, cancel, the webhook secret, deployments) with a gateway's 404,
+    ``{"error": {"message": "Invalid URL (GET /replicate/v1/predictions)", ...}}``.
+    ``list_route``, ``cancel_route``, ``honor_prefer_wait``, ``rate_limit_headers`` and
+    ``webhooks`` override a profile's choice one by one.
+
     Args:
+        profile: ``"replicate"`` or ``"gateway"``, as above.
+        list_route: serve ``GET /v1/predictions`` (default: the profile's).
+        cancel_route: serve ``POST /v1/predictions/{id}/cancel`` (default: the
+            profile's).
+        rate_limit_headers: send ``ratelimit-remaining`` and ``ratelimit-reset``
+            (default: the profile's).
+        webhooks: deliver webhooks and serve their signing secret (default: the
+            profile's).
+        accept_any_model: run any well-formed model name; by default only the models
+            the emulator knows (Imagen 4, Seedream 4 and the other models QuickRouter
+            lists) run, and any other answers 404 as the API does.
         duration: seconds from creation to the end of a prediction, or a
             ``(minimum, maximum)`` range drawn uniformly for each prediction.
         api_key: the bearer token every API request must carry.
@@ -76,7 +100,8 @@ class Emulator:
         port: the port to listen on; 0 picks a free one.
         honor_prefer_wait: hold creates that send ``Prefer: wait[=N]`` until the
             prediction is done or N seconds pass, answering with ``Preference-Applied``.
-            False ignores the header, like a gateway that does not forward it.
+            False ignores the header, like a gateway that does not forward it (default:
+            the profile's).
         start_delay: seconds spent ``starting`` before ``processing`` (or a range);
             ``None`` spends 10% of each prediction's duration. Capped at the duration.
         fail_prompts: substrings; a prompt containing one makes its prediction fail
@@ -114,11 +139,17 @@ class Emulator:
     def __init__(
         self,
         *,
+        profile: Profile = "replicate",
         duration: DurationRange = 1.0,
         api_key: str = "test-key",
         host: str = "127.0.0.1",
         port: int = 0,
-        honor_prefer_wait: bool = True,
+        list_route: bool | None = None,
+        cancel_route: bool | None = None,
+        honor_prefer_wait: bool | None = None,
+        rate_limit_headers: bool | None = None,
+        webhooks: bool | None = None,
+        accept_any_model: bool = False,
         start_delay: DurationRange | None = None,
         fail_prompts: Iterable[str] = (),
         failure_rate: float = 0.0,
@@ -138,6 +169,15 @@ class Emulator:
         webhook_retry_delay: Duration = 1.0,
     ) -> None:
         """Configure the emulator; nothing listens until it is started."""
+        if profile not in _PROFILES:
+            raise ValueError(f"profile must be one of {_PROFILES}, got {profile!r}")
+        full = profile == "replicate"
+        self.profile: Profile = profile
+        self.list_route = full if list_route is None else list_route
+        self.cancel_route = full if cancel_route is None else cancel_route
+        self.rate_limit_headers = full if rate_limit_headers is None else rate_limit_headers
+        self.webhooks = full if webhooks is None else webhooks
+        self.accept_any_model = accept_any_model
         self.seed = seed
         self._runtime = Runtime(random.Random(seed))
         self.duration = duration
@@ -145,7 +185,7 @@ class Emulator:
         self.api_key = api_key
         self.host = host
         self._port = _count(port, "port", 0)
-        self.honor_prefer_wait = honor_prefer_wait
+        self.honor_prefer_wait = full if honor_prefer_wait is None else honor_prefer_wait
         self.fail_prompts = fail_prompts
         self.failure_rate = failure_rate
         self.image_size = image_size
@@ -175,6 +215,16 @@ class Emulator:
         self._url: str | None = None
 
     # -- knobs ---------------------------------------------------------------------------
+
+    def relays(self, kind: str) -> bool:
+        """Whether an API request of this kind (see `count`) reaches its handler."""
+        if kind == "list":
+            return self.list_route
+        if kind == "cancel":
+            return self.cancel_route
+        if kind == "webhook_secret":
+            return self.webhooks
+        return kind != "unknown" or self.profile != "gateway"
 
     @property
     def duration(self) -> tuple[float, float]:
@@ -460,4 +510,4 @@ class Emulator:
     def __repr__(self) -> str:
         """Where it listens and how much it has seen."""
         where = self.base_url if self._runner is not None else "not running"
-        return f"<Emulator {where} predictions={len(self.predictions)}>"
+        return f"<Emulator {self.profile} {where} predictions={len(self.predictions)}>"

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from . import _faults
 from ._catalog import (
+    KNOWN_MODELS,
     InvalidField,
     invalid,
     parse_version,
@@ -26,6 +27,7 @@ from ._catalog import (
 )
 from ._images import PillowMissingError, draw
 from ._protocol import (
+    gateway_not_found,
     json_response,
     not_found,
     parse_cancel_after,
@@ -157,10 +159,13 @@ class Handlers:
         problems = _body_problems(body, version=version)
         return validation_problem(problems) if problems else body
 
+    def _known(self, model: str) -> bool:
+        return self.emulator.accept_any_model or model in KNOWN_MODELS
+
     async def create_for_model(self, request: web.Request) -> web.Response:
         """``POST /v1/models/{owner}/{name}/predictions``."""
         owner, name = request.match_info["owner"], request.match_info["name"]
-        if not valid_model_name(owner, name):
+        if not valid_model_name(owner, name) or not self._known(f"{owner}/{name}"):
             return not_found("Model not found")
         body = await self._read_body(request, version=False)
         if isinstance(body, web.Response):
@@ -173,7 +178,8 @@ class Handlers:
         if isinstance(body, web.Response):
             return body
         parsed = parse_version(body["version"], self.runtime.versions)
-        if parsed is None:
+        # A version id names a model the emulator cannot know of (a private one, say).
+        if parsed is None or (parsed[1] == "hidden" and not self._known(parsed[0])):
             return problem(422, *_INVALID_VERSION)
         model, version = parsed
         if version != "hidden":
@@ -182,6 +188,8 @@ class Handlers:
 
     async def create_for_deployment(self, request: web.Request) -> web.Response:
         """``POST /v1/deployments/{owner}/{name}/predictions``."""
+        if self.emulator.profile == "gateway":
+            return gateway_not_found(request)
         owner, name = request.match_info["owner"], request.match_info["name"]
         if not valid_model_name(owner, name):
             return not_found("Deployment not found")
@@ -233,7 +241,7 @@ class Handlers:
         )
         exchange = exchange_of(request)
         exchange.prediction_id = record.id
-        if record.webhook is not None:
+        if record.webhook is not None and emulator.webhooks:
             runtime.webhooks.schedule(emulator, record)
         faults = emulator.faults
         if faults is not None and "create" in faults.endpoints:

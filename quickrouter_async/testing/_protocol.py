@@ -130,3 +130,10 @@ def validation_problem(invalid_fields: list[dict[str, str]]) -> web.Response:
 def not_found(detail: str = "Prediction not found") -> web.Response:
     """The 404 answer."""
     return problem(404, "Not found", detail)
+
+
+def gateway_not_found(request: web.Request) -> web.Response:
+    """What a New-API gateway answers for a route it does not relay: 404, its own JSON."""
+    message = f"Invalid URL ({request.method} {request.path})"
+    body = {"error": {"message": message, "type": "invalid_request_error", "param": "", "code": ""}}
+    return json_response(body, status=404)

@@ -16,7 +16,7 @@ from aiohttp import web
 
 from . import _faults
 from ._handlers import Exchange, Handlers, current_exchange
-from ._protocol import problem
+from ._protocol import gateway_not_found, problem
 from ._ratelimit import DEFAULT_REMAINING, UNLIMITED_REMAINING
 from ._records import RequestRecord
 
@@ -90,11 +90,14 @@ def _middleware(emulator: Emulator, runtime: Runtime) -> Any:
         current_exchange.set(exchange)
         authorized = _authorized(request, emulator.api_key)
         status: int | None = None
+        response: web.StreamResponse
         try:
-            if authorized:
-                response = await _answer(emulator, runtime, request, handler, exchange)
-            else:
+            if not authorized:
                 response = problem(401, *_UNAUTHENTICATED)
+            elif not emulator.relays(kind):
+                response = gateway_not_found(request)
+            else:
+                response = await _answer(emulator, runtime, request, handler, exchange)
             status = response.status
         except _ClientLeft:
             return web.Response()  # never sent, and not recorded: it never fully arrived
@@ -104,7 +107,8 @@ def _middleware(emulator: Emulator, runtime: Runtime) -> Any:
                 request.transport.abort()
             response = web.Response()
         else:
-            _rate_headers(runtime, kind, response)
+            if emulator.rate_limit_headers:
+                _rate_headers(runtime, kind, response)
         emulator.requests.append(
             RequestRecord(
                 method=request.method,

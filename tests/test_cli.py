@@ -22,7 +22,7 @@ from quickrouter_async.cli._get import describe
 from quickrouter_async.cli._lines import entries, parse_setting, validate
 from quickrouter_async.cli._main import _unexpected
 from quickrouter_async.cli._progress import Display, Tally
-from quickrouter_async.testing import Emulator
+from quickrouter_async.testing import Emulator, Faults
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -376,3 +376,26 @@ def test_get_describes_what_it_cannot_show_whole() -> None:
     assert any(line.endswith("... (5022 characters)") for line in lines)
     assert lines[-1] == "output:    removed by the server (it keeps files for an hour)"
     assert not any(line.startswith("predict:") for line in lines)
+
+
+@pytest.mark.slow
+def test_resend_in_doubt_also_resends_this_runs_creates(
+    environment: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(f'{{"prompt": "p{n}"}}\n' for n in range(3)))
+    arguments = ["batch", str(source), "--out", str(tmp_path / "out"), "--concurrency", "1"]
+    arguments += ["--model", "google/imagen-4"]
+    # A gateway without the list route, where every other create is stored and then
+    # answered 500: nothing can tell whether those made a prediction.
+    environment.list_route = False
+    environment.faults = Faults(server_error_after_create=0.5, endpoints=["create"])
+    assert main(arguments) == 1
+    doubts = int(capsys.readouterr().out.split(" in doubt")[0].rsplit(" ", 1)[-1])
+    assert doubts >= 1
+    made = len(environment.predictions)
+    assert main([*arguments, "--resend-in-doubt"]) == 0
+    assert "3 of 3 succeeded, 0 failed, 0 in doubt" in capsys.readouterr().out
+    # Each input in doubt was sent again (paid twice), and so was every create that
+    # fell in doubt in this run.
+    assert len(environment.predictions) >= made + doubts

@@ -241,6 +241,7 @@ def _get(options: argparse.Namespace) -> int:
 
 
 def _batch(options: argparse.Namespace) -> int:
+    from .._config import RetryPolicy  # noqa: PLC0415
     from ._batch import BatchOptions  # noqa: PLC0415
     from ._execute import run_batch  # noqa: PLC0415
     from ._progress import interactive  # noqa: PLC0415
@@ -259,7 +260,13 @@ def _batch(options: argparse.Namespace) -> int:
     )
 
     async def work(interrupt: anyio.Event) -> int:
-        settings = {"max_concurrency": options.concurrency, "rate_limit": options.rate_limit}
+        settings: dict[str, Any] = {
+            "max_concurrency": options.concurrency,
+            "rate_limit": options.rate_limit,
+        }
+        if options.resend_in_doubt:
+            # This run's own creates in doubt are sent again too, by the client.
+            settings["retry"] = RetryPolicy(in_doubt="resend")
         async with _client(options, key, **settings) as client:
             return await run_batch(client, batch, interrupt=interrupt)
 

@@ -132,34 +132,45 @@ def _can_mount_tmpfs(where: Path) -> bool:
     return subprocess.run(probe, check=False, capture_output=True).returncode == 0  # noqa: S603
 
 
-async def test_a_really_full_disk_stops_the_run_and_a_resume_finishes_it(tmp_path: Path) -> None:
+# Which write meets the full disk first: the journal's (many inputs, small images) or an
+# image's (an image larger than what is left). Both stop the run at once.
+FULL_DISKS = {
+    "the journal": ("300k", 256, 40, "the disk is full (database or disk is full)"),
+    "an image": ("128k", 2048, 3, "-0.jpg: No space left on device"),
+}
+
+
+@pytest.mark.parametrize("first", list(FULL_DISKS))
+async def test_a_really_full_disk_stops_the_run_and_a_resume_finishes_it(
+    tmp_path: Path, first: str
+) -> None:
+    size, image_size, count, message = FULL_DISKS[first]
     tiny, saved = tmp_path / "tiny", tmp_path / "saved"
     tiny.mkdir()
     if not _can_mount_tmpfs(tiny):
         pytest.skip("needs `unshare --mount` to mount a tiny tmpfs (root or user namespaces)")
     source = tmp_path / "in.jsonl"
-    prompts = [f"input {n}" for n in range(40)]
+    prompts = [f"input {n}" for n in range(count)]
     source.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
-    batch = " ".join([*COMMAND, "batch", str(source), "--out", f"{tiny}/out", "--model", MODEL])
-    # A private mount: a 300 KiB file system that the journal fits in and 40 images do not.
-    # The job folder is copied out before the namespace (and the mount) goes away.
+    batch = [*COMMAND, "batch", str(source), "--out", f"{tiny}/out", "--model", MODEL]
+    batch += ["--concurrency", "1" if count < 10 else "16"]
+    # A private mount of a tiny file system; the job folder is copied out before the
+    # namespace (and the mount) goes away.
     script = (
-        f"mount -t tmpfs -o size=300k tmpfs {tiny} && {batch} 2>{tmp_path}/err; "
+        f"mount -t tmpfs -o size={size} tmpfs {tiny} && {' '.join(batch)} 2>{tmp_path}/err; "
         f"echo $? >{tmp_path}/code; cp -a {tiny}/out {saved}"
     )
-    async with Emulator(duration=0.05) as emulator:
-        env = environment(emulator)
-        done = await _unshared(script, env)
-        assert done == 0
+    async with Emulator(duration=0.05, image_size=image_size) as emulator:
+        assert await _unshared(script, environment(emulator)) == 0
         code, err = int((tmp_path / "code").read_text()), (tmp_path / "err").read_text()
         assert code == 1, err
-        assert "the disk is full" in err or "No space left on device" in err
+        assert message in err
         assert "free some space, then run the same command again" in err
         assert "Traceback" not in err
         with sqlite3.connect(saved / "journal.sqlite3") as db:
             assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
             states = dict(db.execute("SELECT state, count(*) FROM entries GROUP BY state"))
-        assert states.get("done", 0) < 40
+        assert states.get("done", 0) < count
         ran = await cli("batch", source, "--out", saved, "--model", MODEL, emulator=emulator)
         assert ran.code == 0, ran.err
         assert per_input(emulator) == Counter(dict.fromkeys(prompts, 1))

@@ -97,7 +97,7 @@ async def test_the_files_a_job_writes_honour_the_umask(
         command = ("batch", source, "--out", out, "--model", MODEL)
         ran = await cli(*command, emulator=emulator, umask=umask)
         assert ran.code == 0, ran.err
-    for name in ("results.jsonl", "journal.sqlite3", "journal.lock"):
+    for name in ("results.jsonl", "index.html", "journal.sqlite3", "journal.lock"):
         assert stat.S_IMODE((out / name).stat().st_mode) == mode, name
 
 

@@ -363,7 +363,17 @@ def test_an_unexpected_failure_is_one_line_without_the_key(
     assert SECRET not in err
     assert "[API key]" in err
     assert _unexpected(BaseExceptionGroup("", [KeyboardInterrupt()]), options) == 130
+    assert _unexpected(ExceptionGroup("", [InputError("bad id")]), options) == 2
+    assert capsys.readouterr().err == "error: bad id\n"
     assert _unexpected(ValueError("x"), argparse.Namespace()) == 1
+
+
+def test_get_refuses_what_is_not_an_id(
+    environment: Emulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["get", ".."]) == 2
+    assert "a prediction id must be" in capsys.readouterr().err
+    assert environment.count() == 0
 
 
 def test_get_describes_what_it_cannot_show_whole() -> None:

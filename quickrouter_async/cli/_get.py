@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final
 
-from .._errors import NotFoundError, QuickRouterError
+from .._errors import InputError, NotFoundError, QuickRouterError
 from ._run import check_out, save
 from ._status import EXIT_FAILED, EXIT_OK, EXIT_USAGE, clip, say
 
@@ -55,6 +55,9 @@ async def show(client: QuickRouter, prediction_id: str, out: Path | None) -> int
         return EXIT_USAGE
     try:
         prediction = await client.get(prediction_id)
+    except InputError as exc:  # not an id at all: nothing was sent
+        say(f"error: {exc}")
+        return EXIT_USAGE
     except NotFoundError:
         say(f"error: no prediction {prediction_id!r} on this account")
         return EXIT_FAILED

@@ -299,6 +299,9 @@ def _unexpected(exc: BaseException, options: argparse.Namespace) -> int:
     leaf = _innermost(exc)
     if isinstance(leaf, KeyboardInterrupt):
         return EXIT_INTERRUPTED
+    if isinstance(leaf, InputError):  # from inside a task group: a usage error after all
+        print(f"error: {leaf}", file=sys.stderr)  # noqa: T201 (the command's output)
+        return EXIT_USAGE
     text = f"{type(leaf).__name__}: {leaf}"
     key = ""
     with contextlib.suppress(InputError, AttributeError):  # no key, or no key options

@@ -318,3 +318,21 @@ async def test_a_folder_whose_lock_cannot_be_made_is_refused(
     assert await run_batch(client, BatchOptions(source=source, out=out, model=MODEL)) == 2
     assert "journal.lock: Is a directory" in capsys.readouterr().err
     assert emulator.count() == 0
+
+
+async def test_a_file_that_cannot_be_saved_is_kept_with_its_error(
+    client: qr.QuickRouter, emulator: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = _write(tmp_path / "in.jsonl", ["a", "b"])
+    out = tmp_path / "out"
+    assert await run_batch(client, BatchOptions(source=source, out=out, model=MODEL)) == 0
+    name = _results(out)[0]["files"][0]
+    (out / name).unlink()
+    (out / name).mkdir()  # a folder where the image goes: that input only, not the disk
+    with sqlite3.connect(out / JOURNAL_NAME) as db:
+        db.execute("UPDATE entries SET state = 'terminal', files = '[]' WHERE idx = 0")
+    assert await run_batch(client, BatchOptions(source=source, out=out, model=MODEL)) == 1
+    assert "in.jsonl:1: succeeded: " in capsys.readouterr().err
+    assert _states(out) == {"terminal": 1, "done": 1}
+    assert _results(out)[0]["error"]
+    assert emulator.count("create") == 2

@@ -355,9 +355,8 @@ class Batch:
                 await self._keep(index, exc)
             self.tally.finish(ok=False, started=started)
         except QuickRouterError as exc:
-            disk = disk_error(exc)
-            if disk is not None:
-                raise disk from exc
+            if isinstance(exc, OSError) and disk_error(exc) is not None:
+                raise  # a full disk (`DownloadError`) stops the whole run: see `_one`
             await self._keep(index, exc)
             self.tally.finish(ok=False, started=started)
 

@@ -117,6 +117,13 @@ def _from_kernel(handler: object) -> bool:
     return str(getattr(handler, "__module__", None)).startswith("ipykernel")
 
 
+def _may_look() -> bool:
+    """Whether a SIGINT handler could be one this module may take over, before asking
+    which it is (`signal.getsignal` is slow: it names a Python handler by its repr).
+    """
+    return _state.mode is True or "ipykernel" in sys.modules
+
+
 def _may_take(handler: object) -> bool:
     """Whether SIGINT may be lent to the loop, given the handler now in place."""
     if _state.mode is None:
@@ -129,7 +136,11 @@ def _enlist(task: asyncio.Task[Any]) -> _Lease | None:
     loop = task.get_loop()
     lease = _state.lease
     if lease is None:
-        if sys.platform == "win32" or threading.current_thread() is not threading.main_thread():
+        if (
+            not _may_look()
+            or sys.platform == "win32"
+            or threading.current_thread() is not threading.main_thread()
+        ):
             return None
         handler = signal.getsignal(signal.SIGINT)
         if not _may_take(handler):
@@ -180,8 +191,9 @@ def _discharge(lease: _Lease, task: asyncio.Task[Any]) -> None:
 class Interruptible:
     """A block during which SIGINT cancels the current task (see the module's docstring).
 
-    Entering it costs a context variable lookup when an outer block covers the task, and
-    a look at the SIGINT handler otherwise.
+    Entering it costs a dictionary lookup where it cannot act (outside an IPython
+    kernel, by default), a context variable lookup when an outer block covers the task,
+    and a look at the SIGINT handler otherwise.
     """
 
     __slots__ = ("_lease", "_task", "_token")
@@ -192,7 +204,7 @@ class Interruptible:
         self._task: asyncio.Task[Any] | None = None
 
     def __enter__(self) -> None:
-        if _inside.get():
+        if _state.mode is False or not _may_look() or _inside.get():
             return
         self._token = _inside.set(True)
         task = asyncio.current_task()

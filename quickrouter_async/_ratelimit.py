@@ -64,6 +64,9 @@ _PROBE_STEP: Final = 0.03
 _PROBE_RAMP: Final = 10.0
 # The share of the measured accepted rate kept after a throttle.
 _BACK_OFF: Final = 0.9
+# In slow start the bucket holds this many seconds' worth of creates (at least the
+# initial burst).
+_SLOW_START_BURST_SECONDS: Final = 1.0
 # The bucket after slow start holds this many seconds' worth of creates (at least one).
 _BURST_SECONDS: Final = 0.1
 # Grants remembered to measure the accepted rate, and over how long.
@@ -80,10 +83,11 @@ _EPISODE_QUIET: Final = 30.0
 _EPISODE_FLOOR: Final = 0.25
 # The shortest pause between two wakes of a queue of callers.
 _TICK: Final = 0.005
-# Before any create was answered (adaptive), queued callers are let through in groups,
-# at most this many seconds apart: the pace is still a guess, and the first answer
-# usually comes sooner and says how many the server takes at once.
-_FIRST_GROUP: Final = 0.5
+# Until the first 429, queued callers are let through in groups (as many as are queued,
+# or as the bucket holds), at most this many seconds apart: the pace is still a guess,
+# and creates that go out together keep the rhythm of a job whose predictions end
+# together (one by one, they would be spread over every round for the rest of the job).
+_GROUP_WAIT: Final = 0.5
 # Waits shorter than this are rounding errors of the clock arithmetic, not waits.
 _EPSILON: Final = 1e-6
 # The most creates one ``ratelimit-remaining`` header lets through at once.
@@ -214,6 +218,10 @@ class RateLimiter:
         # the longer no 429 came, the faster (a raised limit is found again).
         if self._slow_start or self._last_event is None:
             self._rate += _SLOW_START_STEP
+            if self._last_event is None:
+                # Nothing was ever refused: the bucket holds a second of the pace reached,
+                # so the bursts of a job whose predictions end together pass at once.
+                self._capacity = max(self._capacity, self._rate * _SLOW_START_BURST_SECONDS)
         else:
             quiet = (now - self._last_event) / _PROBE_RAMP
             self._rate += _PROBE_STEP * (1.0 + quiet * quiet)
@@ -252,11 +260,11 @@ class RateLimiter:
     async def _pump(self, ticket: _Ticket) -> None:
         """Let queued callers through, in order, as the bucket fills, until ``ticket`` is."""
         while not ticket.granted:
-            delay = self._delay(now := self._clock())
+            delay = max(self._delay(now := self._clock()), self._group_wait())
             if delay > 0:
                 # Not shorter than a tick: at high rates a wake lets several through.
                 with anyio.CancelScope() as self._nap:
-                    await self._sleep(max(delay, self._first_group() or _TICK))
+                    await self._sleep(max(delay, _TICK))
                 self._nap = None
                 continue
             self._release(now)
@@ -274,13 +282,15 @@ class RateLimiter:
         self._outstanding = max(0, self._outstanding - 1)
         self._answers += 1
 
-    def _first_group(self) -> float:
-        """Before any create was answered (adaptive): seconds until the bucket is full
-        again, at most `_FIRST_GROUP`; else 0.
+    def _group_wait(self) -> float:
+        """Until the first 429 (adaptive): seconds until the bucket covers every queued
+        caller (or is full), at most `_GROUP_WAIT`; else 0.
         """
-        if self.fixed or self._answers:
+        if self.fixed or self._last_event is not None:
             return 0.0
-        return min(_FIRST_GROUP, (self._capacity - self._tokens) / self._rate)
+        wanted = min(float(len(self._queue)), self._capacity)
+        wait = (wanted - self._tokens) / self._rate
+        return min(_GROUP_WAIT, wait) if wait > _EPSILON else 0.0
 
     def on_accepted(self, remaining: float | None = None) -> None:
         """A create was not throttled.

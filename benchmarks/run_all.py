@@ -17,10 +17,14 @@ workloads:
    10,000: the largest step each client finishes without an error;
 4. memory: the Python heap (``tracemalloc``) per prediction in flight, 250 at once;
 5. rate limit: the server allows 20 creates/s (burst 10), 600 inputs, 64 at a time: the
-   share of the limit achieved, the share of creates throttled, the inputs lost.
+   share of the limit achieved, the share of creates throttled, the inputs lost;
+6. several processes, one key (``bench_redis.py``): 8 processes of 100 inputs against the
+   same 20/s limit, without Redis, with one ``qr.RedisRateLimiter``, and with Redis
+   stopped and started again mid-run; quickrouter_async only.
 
 Prints a Markdown table and writes ``benchmarks/results/summary.json``; unless
-``--no-docs``, the table also replaces the one in ``docs/performance.md``.
+``--no-docs``, the table also replaces the one in ``docs/performance.md`` (and the
+processes' one the one in ``docs/scaling.md``).
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
+import bench_redis
 from _common import (
     ROOT,
     EmulatorProcess,
@@ -306,6 +311,7 @@ def main() -> None:
     results["in_flight"] = in_flight([300, 1_000] if quick else [300, 1_000, 3_000, 10_000])
     results["memory"] = memory(250)
     results["rate_limit"] = rate_limit(200 if quick else 600)
+    results["redis"] = bench_redis.measure(4, 50) if quick else bench_redis.measure(8, 100)
     rounds = "one round" if quick else f"median of {CPU_ROUNDS} interleaved rounds"
     cpu_note = f"CPU figures: {rounds}, {results['cpu']['cores']}."
     text = f"{machine_line(facts)} {cpu_note}\n\n{table(results)}"
@@ -315,9 +321,12 @@ def main() -> None:
     print(f"written to benchmarks/results/{name}")
     derived = capacity(results)
     print(f"\n{derived}\n")
+    processes = bench_redis.table(results["redis"])
+    print(f"{processes}\n")
     if not options.no_docs and not quick:
         update_page(PERFORMANCE_PAGE, text)
         update_page(SCALING_PAGE, f"{machine_line(facts)}\n\n{derived}")
+        bench_redis.update_page(f"{machine_line(facts)}\n\n{processes}")
         print("tables written to docs/performance.md and docs/scaling.md")
 
 

@@ -43,6 +43,7 @@ from ._interrupt import cancel_on_interrupt
 from ._models import Outcome, Prediction, PredictionPage, Status
 from ._ratelimit import CreateLimiter
 from ._receiver import WebhookReceiver
+from ._redis import RedisRateLimiter
 from ._version import __version__
 from ._webhooks import verify_webhook
 
@@ -75,6 +76,7 @@ __all__ = [
     "QuickRouter",
     "QuickRouterError",
     "RateLimitError",
+    "RedisRateLimiter",
     "RequestTimeout",
     "RetryPolicy",
     "Seedream4Input",

@@ -88,9 +88,10 @@ class QuickRouter:
         poll: how waits learn that a prediction finished.
         max_concurrency: predictions `run_many` keeps in flight by default.
         rate_limit: creates per second; None finds the server's limit by itself.
-        rate_limiter: paces the creates instead of the client's own limiter (one shared
-            by several clients, say); it is awaited before each create and told of
-            each answer (see `CreateLimiter`).
+        rate_limiter: paces the creates instead of this client's own limiter, e.g. a
+            `RedisRateLimiter` shared by several processes (``rate_limit`` then fixes
+            the shared rate); it is awaited before each create and told of each answer
+            (see `CreateLimiter`), and closed with the client.
         capabilities: what the server is known to offer beyond create and get (list,
             cancel, ``Prefer: wait``, ``ratelimit-*`` headers); anything left None is
             learned when first needed. See `Capabilities`.
@@ -150,10 +151,15 @@ class QuickRouter:
             clock=clock,
             sleep=anyio.sleep if sleep is None else sleep,
         )
+        max_pause = retry.max_retry_after
+        if rate_limiter is None:
+            rate_limiter = RateLimiter(rate_limit, max_pause=max_pause)
+        elif (configure := getattr(rate_limiter, "configure", None)) is not None:
+            configure(rate=rate_limit, max_pause=max_pause)
         self._capabilities = CapabilityBook(capabilities)
         self._creates = Creates(
             self._transport,
-            limiter=rate_limiter or RateLimiter(rate_limit, max_pause=retry.max_retry_after),
+            limiter=rate_limiter,
             capabilities=self._capabilities,
             listing=self._created_since,
             cancel=self._cancel_quietly,
@@ -179,7 +185,7 @@ class QuickRouter:
 
     async def aclose(self) -> None:
         """Close the client: settle the creates its callers gave up on, then close the
-        HTTP session (unless it was borrowed).
+        HTTP session (unless it was borrowed) and the rate limiter's connections.
 
         A create whose caller left before it answered is still awaited (at most its own
         timeouts, and never more than a minute and a little), so that the prediction it
@@ -187,6 +193,8 @@ class QuickRouter:
         """
         await self._creates.aclose()
         await self._transport.aclose()
+        if (close := getattr(self._creates.limiter, "aclose", None)) is not None:
+            await close()
 
     @property
     def timeouts(self) -> Timeouts:

@@ -208,7 +208,7 @@ class Interruptible:
             return
         self._token = _inside.set(True)
         task = asyncio.current_task()
-        if _state.mode is not False and task is not None:
+        if task is not None:
             self._lease = _enlist(task)
             self._task = task
 

@@ -1,8 +1,9 @@
 """Pacing creates: a token bucket whose rate is fixed, or found by adapting to 429s.
 
-Every create goes through one `RateLimiter`, installed as the transport's
-``create_limiter``: the transport awaits `acquire` before each create attempt, calls
-`on_throttled` when one is answered 429 and `on_accepted` when one is not.
+Every create of a client goes through one `CreateLimiter` (a `RateLimiter` unless the
+client was given another): the client's `Creates` awaits `acquire` before each create
+attempt, calls `on_throttled` when one is answered 429, `on_accepted` when one is
+answered otherwise and `on_unanswered` when one got no answer.
 
 With a fixed rate the bucket simply spaces creates out. Without one the limiter finds the
 server's limit by itself, much as TCP finds a link's bandwidth:

@@ -44,6 +44,10 @@ def created(emu: Emulator, text: str) -> bool:
     return any(record.input.get("prompt") == text for record in emu.predictions)
 
 
+def made(emu: Emulator, prefix: str) -> int:
+    return sum(record.input.get("prompt", "").startswith(prefix) for record in emu.predictions)
+
+
 def answered_creates(emu: Emulator) -> int:
     return sum(record.kind == "create" for record in emu.requests)
 
@@ -66,17 +70,26 @@ async def test_giving_up_in_every_way_leaves_nothing_running(
                     scope.cancel()
             # The caller left at once: the create had not answered yet.
             assert answered_creates(emu) == before
-            # A task group of 20, cancelled after a second.
-            with anyio.move_on_after(1):
+            # A task group of 20, cancelled once their creates reached the server.
+            with anyio.CancelScope() as scope:
                 async with anyio.create_task_group() as group:
                     for number in range(20):
                         group.start_soon(client.run, MODEL, prompt(f"group {number}"))
-            # run_many, left after a second.
+                    await until(lambda: made(emu, "group") == 20)
+                    scope.cancel()
+            # run_many of 100, 20 at a time, left once 20 creates reached the server.
             inputs = ((MODEL, prompt(f"many {number}")) for number in range(100))
-            with anyio.move_on_after(1):
-                async with client.run_many(inputs, concurrency=20) as outcomes:
-                    async for _ in outcomes:
-                        pass
+            async with client.run_many(inputs, concurrency=20) as outcomes:
+                with anyio.CancelScope() as scope:
+                    async with anyio.create_task_group() as group:
+
+                        async def consume() -> None:
+                            async for _ in outcomes:
+                                pass
+
+                        group.start_soon(consume)
+                        await until(lambda: made(emu, "many") == 20)
+                        scope.cancel()
         assert len(emu.predictions) >= 1 + 1 + 20 + 20
         assert running(emu) == []
         assert all(record.canceled for record in emu.predictions)

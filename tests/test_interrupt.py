@@ -206,7 +206,9 @@ async def test_by_default_only_a_kernel_handler_is_taken(client: qr.QuickRouter)
     def kernel_handler(number: int, _frame: object) -> None:
         calls.append(number)
 
-    # What ipykernel installs while a cell runs is recognised by its module.
+    # What ipykernel installs while a cell runs is recognised by its module (and only
+    # looked for once ipykernel is loaded, as in a kernel it is).
+    pytest.importorskip("ipykernel")
     kernel_handler.__module__ = "ipykernel.ipkernel"
     signal.signal(signal.SIGINT, kernel_handler)
     [task] = await interrupted(client.run(qr.Imagen4Input(prompt="a harbour")))

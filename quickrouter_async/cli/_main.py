@@ -51,6 +51,33 @@ def _connection(parser: argparse.ArgumentParser) -> None:
     )
 
 
+# -- --rate-limit-redis: one create-rate limit for several processes -----------------------
+
+
+def _rate_limit_redis(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--rate-limit-redis",
+        metavar="URL",
+        help="share the create-rate limit with every process using this Redis "
+        "(redis://, rediss:// or unix://; with --rate-limit, that rate is for all of them)",
+    )
+
+
+def _shared_rate_limit(options: argparse.Namespace) -> dict[str, Any]:
+    """``rate_limiter=`` for the client when ``--rate-limit-redis`` was given."""
+    if options.rate_limit_redis is None:
+        return {}
+    from .._redis import RedisRateLimiter  # noqa: PLC0415 (keeps --help fast)
+
+    try:
+        return {"rate_limiter": RedisRateLimiter(options.rate_limit_redis)}
+    except ImportError as exc:
+        raise InputError(str(exc)) from None
+
+
+# -- end of --rate-limit-redis ---------------------------------------------------------------
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="quickrouter-async",
@@ -79,6 +106,7 @@ def _parser() -> argparse.ArgumentParser:
         "--out", type=Path, default=Path(), help="output folder, made if missing (default: .)"
     )
     _connection(run)
+    _rate_limit_redis(run)
 
     batch = commands.add_parser(
         "batch",
@@ -118,6 +146,7 @@ def _parser() -> argparse.ArgumentParser:
         "paid for twice)",
     )
     _connection(batch)
+    _rate_limit_redis(batch)
 
     get = commands.add_parser(
         "get",
@@ -210,9 +239,10 @@ def _run(options: argparse.Namespace) -> int:
     _text_arguments(options)
     payload = build_input(options.model, options.prompt, options.settings)
     key = _api_key_or_fail(options)
+    shared = _shared_rate_limit(options)
 
     async def work(interrupt: anyio.Event) -> int:
-        async with _client(options, key) as client, anyio.create_task_group() as group:
+        async with _client(options, key, **shared) as client, anyio.create_task_group() as group:
             code = EXIT_INTERRUPTED
 
             async def go() -> None:
@@ -247,6 +277,7 @@ def _batch(options: argparse.Namespace) -> int:
     from ._progress import interactive  # noqa: PLC0415
 
     key = _api_key_or_fail(options)
+    shared = _shared_rate_limit(options)
     batch = BatchOptions(
         source=options.source,
         out=options.out,
@@ -263,6 +294,7 @@ def _batch(options: argparse.Namespace) -> int:
         settings: dict[str, Any] = {
             "max_concurrency": options.concurrency,
             "rate_limit": options.rate_limit,
+            **shared,
         }
         if options.resend_in_doubt:
             # This run's own creates in doubt are sent again too, by the client.

@@ -39,7 +39,7 @@ def _prompts(path: Path, count: int, word: str = "input") -> list[str]:
 async def test_a_wrong_key_stops_the_batch_after_the_first_wave(tmp_path: Path) -> None:
     source, out = tmp_path / "k.jsonl", tmp_path / "out"
     prompts = _prompts(source, 200)
-    async with Emulator(duration=0.05) as emulator:
+    async with Emulator(duration=0.05, api_key="k") as emulator:
         ran = await cli(
             "batch", source, "--out", out, "--model", MODEL, emulator=emulator, key="wrong"
         )
@@ -70,7 +70,7 @@ async def test_a_wrong_key_stops_the_batch_after_the_first_wave(tmp_path: Path) 
 async def test_two_runs_on_one_folder_make_each_prediction_once(tmp_path: Path) -> None:
     source, out = tmp_path / "in.jsonl", tmp_path / "out"
     prompts = _prompts(source, 50)
-    async with Emulator(duration=1.0) as emulator:
+    async with Emulator(duration=1.0, api_key="k") as emulator:
         command = [*COMMAND, "batch", str(source), "--out", str(out), "--model", MODEL]
         codes: list[int] = []
         errors: list[str] = []

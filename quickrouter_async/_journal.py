@@ -1,26 +1,28 @@
 """The SQLite journal of a batch job: every step of every input, so a crash loses nothing.
 
-Each input moves through ``pending`` → ``submitting`` → ``submitted`` → ``terminal`` →
-``done``, and the journal is written before and after every step: ``submitting`` (with
-the time) before the create is sent, ``submitted`` with the prediction id as soon as the
-create answers, ``terminal`` with the final prediction, ``done`` once its files are on
-disk. A process killed at any moment leaves each input in a state it can continue from:
-
-- ``pending``: not sent; send it.
-- ``submitting``: the create may or may not have reached the server; look the
-  prediction up (model, input, creation time) before sending anything again.
-- ``submitted``: attach to the prediction by id and wait for it.
-- ``terminal``: download the files of a succeeded prediction.
+Each input moves through the states of `State`, and the journal is written before and
+after every step: ``submitting`` (with the time) before the create is sent, ``submitted``
+with the prediction id as soon as the create answers, ``terminal`` with the final
+prediction, ``done`` once its files are on disk. A process killed at any moment leaves
+each input in a state it can continue from (`State` says how).
 
 The file uses WAL mode with ``synchronous=NORMAL``: a committed step survives the death
 of the process (not a power cut of the machine). `sqlite3` is blocking, so every call
 runs in a worker thread, one at a time (the connection is shared by those threads and a
-`CapacityLimiter` of one serializes them); the event loop never waits on the disk.
+`CapacityLimiter` of one serializes them); the event loop never waits on the disk. Every
+failure of SQLite or of the disk surfaces as one `JournalError` that says which kind it
+is, so the command line can say what to do.
+
+The format is versioned with ``PRAGMA user_version``: 0 is the journal of the first
+release (read as it is: its states are a subset of today's), 1 adds the ``replaced``
+table. A journal of a newer format is refused rather than misread.
 """
 
 from __future__ import annotations
 
+import enum
 import json
+import os
 import sqlite3
 import time
 from typing import TYPE_CHECKING, Any, Final, TypeVar
@@ -29,14 +31,86 @@ import anyio
 import attrs
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Iterator
+    from collections.abc import Callable, Iterator
     from pathlib import Path
 
-__all__ = ["JOURNAL_NAME", "Entry", "Journal", "JournalMismatch"]
+__all__ = [
+    "COLUMNS",
+    "JOURNAL_NAME",
+    "Entry",
+    "Journal",
+    "JournalError",
+    "Problem",
+    "State",
+    "entry_of",
+    "storable",
+]
 
 JOURNAL_NAME: Final = "journal.sqlite3"
-STATES: Final = ("pending", "submitting", "submitted", "terminal", "done")
+FORMAT: Final = 1
 _T = TypeVar("_T")
+
+
+class State(enum.StrEnum):
+    """Where one input of a batch job stands; stored in the journal by its value.
+
+    ``pending``: not sent. ``submitting``: the create may have reached the server; look
+    the prediction up before sending anything again. ``in_doubt``: it may exist and the
+    lookup failed; looked up again on each run, sent again only when asked to.
+    ``submitted``: attach by id and wait. ``terminal``: download the files. ``done``.
+    """
+
+    PENDING = "pending"
+    SUBMITTING = "submitting"
+    IN_DOUBT = "in_doubt"
+    SUBMITTED = "submitted"
+    TERMINAL = "terminal"
+    DONE = "done"
+
+
+class Problem(enum.Enum):
+    """What kind of failure a `JournalError` is."""
+
+    DAMAGED = "damaged"
+    LOCKED = "locked"
+    FULL = "full"
+    NEWER = "newer"
+    OTHER = "other"
+
+
+# SQLite's primary result codes, as Python 3.11+ names them on its exceptions.
+_PROBLEMS: Final = {
+    "SQLITE_NOTADB": Problem.DAMAGED,
+    "SQLITE_CORRUPT": Problem.DAMAGED,
+    "SQLITE_BUSY": Problem.LOCKED,
+    "SQLITE_LOCKED": Problem.LOCKED,
+    "SQLITE_FULL": Problem.FULL,
+}
+
+
+class JournalError(Exception):
+    """The journal could not be read or written; ``problem`` says why.
+
+    Attributes:
+        path: the journal file.
+        problem: damaged, locked by another program, disk full, newer format, other.
+        reason: SQLite's or the system's own words.
+    """
+
+    def __init__(self, path: Path, problem: Problem, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.problem = problem
+        self.reason = reason
+
+
+def _problem(exc: BaseException) -> Problem:
+    name = str(getattr(exc, "sqlite_errorname", ""))
+    for prefix, problem in _PROBLEMS.items():
+        if name.startswith(prefix):
+            return problem
+    return Problem.OTHER
+
 
 _SCHEMA: Final = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -58,15 +132,33 @@ CREATE TABLE IF NOT EXISTS entries (
     updated REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS entries_state ON entries (state, idx);
+CREATE TABLE IF NOT EXISTS replaced (
+    idx INTEGER NOT NULL,
+    line INTEGER NOT NULL,
+    model TEXT NOT NULL,
+    input TEXT NOT NULL,
+    state TEXT NOT NULL,
+    prediction_id TEXT,
+    status TEXT,
+    error TEXT,
+    files TEXT NOT NULL,
+    replaced REAL NOT NULL
+);
 """
-_COLUMNS: Final = (
+COLUMNS: Final = (
     "idx, line, model, input, state, sent_at, prediction_id, status, error, files, "
     "created_at, started_at, completed_at, seconds"
 )
 
 
-class JournalMismatch(Exception):
-    """The journal belongs to another input file (or another default model)."""
+def storable(value: object) -> object:
+    """A str SQLite can store: a lone surrogate (from a server's JSON) is spelled out."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
 
 
 @attrs.frozen(kw_only=True)
@@ -77,7 +169,7 @@ class Entry:
     line: int
     model: str
     input: dict[str, Any]
-    state: str = "pending"
+    state: State = attrs.field(default=State.PENDING, converter=State)
     sent_at: float | None = None
     prediction_id: str | None = None
     status: str | None = None
@@ -90,13 +182,14 @@ class Entry:
 
     def result(self) -> dict[str, Any]:
         """The line of ``results.jsonl`` for this input."""
+        finished = self.state in {State.TERMINAL, State.DONE}
         return {
             "index": self.index,
             "line": self.line,
             "model": self.model,
             "input": self.input,
             "prediction_id": self.prediction_id,
-            "status": (self.status if self.state in {"terminal", "done"} else None) or self.state,
+            "status": (self.status if finished else None) or self.state.value,
             "files": self.files,
             "error": self.error,
             "timings": {
@@ -108,7 +201,8 @@ class Entry:
         }
 
 
-def _entry(row: tuple[Any, ...]) -> Entry:
+def entry_of(row: tuple[Any, ...]) -> Entry:
+    """The `Entry` of a row selected with `COLUMNS`."""
     return Entry(
         index=row[0],
         line=row[1],
@@ -127,6 +221,47 @@ def _entry(row: tuple[Any, ...]) -> Entry:
     )
 
 
+def _check_format(path: Path, version: int) -> None:
+    if version > FORMAT:
+        raise JournalError(
+            path, Problem.NEWER, f"written by a newer quickrouter-async (format {version})"
+        )
+
+
+def _connect(path: Path) -> sqlite3.Connection:
+    # Made here, not by SQLite, so that it honours the umask (SQLite's own default is
+    # 0644); SQLite gives the -wal and -shm files the journal's own mode.
+    os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o666))
+    db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+    try:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
+        _check_format(path, version)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(_SCHEMA)
+        if version < FORMAT:
+            db.execute(f"PRAGMA user_version={FORMAT}")
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def _guarded(path: Path, function: Callable[[], _T]) -> _T:
+    """``function()``, its SQLite failures raised as `JournalError` (others untouched)."""
+    try:
+        return function()
+    except sqlite3.Error as exc:
+        raise JournalError(path, _problem(exc), str(exc) or type(exc).__name__) from exc
+
+
+def _open(path: Path) -> sqlite3.Connection:
+    try:
+        return _guarded(path, lambda: _connect(path))
+    except OSError as exc:  # the file could not be made
+        raise JournalError(path, Problem.OTHER, exc.strerror or str(exc)) from exc
+
+
 class Journal:
     """A batch job's journal file; open it with `Journal.open`, close with `aclose`."""
 
@@ -137,74 +272,54 @@ class Journal:
 
     @classmethod
     async def open(cls, path: Path) -> Journal:
-        """Open (creating if missing) the journal at ``path``, in WAL mode."""
+        """Open (creating if missing) the journal at ``path``, in WAL mode.
 
-        def connect() -> sqlite3.Connection:
-            db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            db.executescript(_SCHEMA)
-            return db
-
-        return cls(await anyio.to_thread.run_sync(connect), path)
+        Raises:
+            JournalError: the file is damaged, locked, of a newer format, or the disk
+                failed.
+        """
+        connection = await anyio.to_thread.run_sync(_open, path)
+        return cls(connection, path)
 
     async def _call(self, function: Callable[[], _T]) -> _T:
-        return await anyio.to_thread.run_sync(function, limiter=self._lock)
+        return await anyio.to_thread.run_sync(_guarded, self.path, function, limiter=self._lock)
 
     async def aclose(self) -> None:
         """Close the file; a later `open` continues where this one stopped."""
         with anyio.CancelScope(shield=True):
             await self._call(self._db.close)
 
-    # -- identity ------------------------------------------------------------------------
+    # -- the job ---------------------------------------------------------------------------
 
-    async def bind(self, identity: dict[str, str]) -> bool:
-        """Record the job's identity, or check it against the one recorded.
+    async def meta(self) -> dict[str, str]:
+        """What the job recorded about itself (kind, default model, input file)."""
+        return await self._call(lambda: dict(self._db.execute("SELECT key, value FROM meta")))
 
-        Returns:
-            True for a new journal, False for one being resumed.
+    async def set_meta(self, values: dict[str, str]) -> None:
+        """Record (or overwrite) ``values`` in the job's ``meta``."""
 
-        Raises:
-            JournalMismatch: the journal was written for another job.
-        """
-
-        def bind() -> bool:
-            rows = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
-            if not rows:
-                with self._db:
-                    self._db.execute("BEGIN")
-                    self._db.executemany("INSERT INTO meta VALUES (?, ?)", identity.items())
-                return True
-            for key, value in identity.items():
-                if rows.get(key) != value:
-                    raise JournalMismatch(
-                        f"{self.path} belongs to another job: its {key} is "
-                        f"{rows.get(key)!r}, not {value!r}; use another --out folder"
-                    )
-            return False
-
-        return await self._call(bind)
-
-    # -- writing -------------------------------------------------------------------------
-
-    async def add(self, entries: Callable[[], Iterable[Entry]]) -> None:
-        """Insert the new ``pending`` entries ``entries()`` yields, in one transaction.
-
-        ``entries`` is called in the worker thread, so it may read files; the entries are
-        streamed into the table, never all held in memory.
-        """
-
-        def add() -> None:
-            now = time.time()
-            rows = ((e.index, e.line, e.model, json.dumps(e.input), now) for e in entries())
+        def write() -> None:
             with self._db:
                 self._db.execute("BEGIN")
-                self._db.executemany(
-                    "INSERT INTO entries (idx, line, model, input, updated) VALUES (?,?,?,?,?)",
-                    rows,
-                )
+                self._db.executemany("INSERT OR REPLACE INTO meta VALUES (?, ?)", values.items())
 
-        await self._call(add)
+        await self._call(write)
+
+    async def transaction(self, function: Callable[[sqlite3.Connection], _T]) -> _T:
+        """Run ``function(connection)`` in the worker thread inside one transaction.
+
+        It commits when ``function`` returns and rolls back when it raises (or returns
+        after calling ``connection.rollback()`` itself).
+        """
+
+        def run() -> _T:
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                return function(self._db)
+
+        return await self._call(run)
+
+    # -- writing -------------------------------------------------------------------------
 
     async def update(self, index: int, **fields: Any) -> None:
         """Set ``fields`` of entry ``index`` (``files`` as a list), committed at once."""
@@ -212,9 +327,15 @@ class Journal:
             fields["files"] = json.dumps(fields["files"])
         names = list(fields)
         assignments = ", ".join(f"{name} = ?" for name in [*names, "updated"])
-        values = [*fields.values(), time.time(), index]
+        values = [storable(value) for value in fields.values()] + [time.time(), index]
         statement = f"UPDATE entries SET {assignments} WHERE idx = ?"  # noqa: S608 (names are ours)
         await self._call(lambda: self._db.execute(statement, values))
+
+    async def move(self, source: State, target: State) -> int:
+        """Put every entry in state ``source`` into ``target``; return how many."""
+        statement = "UPDATE entries SET state = ?, updated = ? WHERE state = ?"
+        values = (target.value, time.time(), source.value)
+        return await self._call(lambda: self._db.execute(statement, values).rowcount)
 
     # -- reading -------------------------------------------------------------------------
 
@@ -222,12 +343,16 @@ class Journal:
         """How many entries are in each state (and ``succeeded`` among the done)."""
 
         def counts() -> dict[str, int]:
-            found = dict.fromkeys(STATES, 0)
-            found.update(self._db.execute("SELECT state, count(*) FROM entries GROUP BY state"))
-            found["succeeded"] = self._db.execute(
+            found = dict.fromkeys(State, 0)
+            for state, count in self._db.execute(
+                "SELECT state, count(*) FROM entries GROUP BY state"
+            ):
+                found[State(state)] = count
+            result: dict[str, int] = {state.value: count for state, count in found.items()}
+            result["succeeded"] = self._db.execute(
                 "SELECT count(*) FROM entries WHERE state = 'done' AND status = 'succeeded'"
             ).fetchone()[0]
-            return found
+            return result
 
         return await self._call(counts)
 
@@ -235,19 +360,30 @@ class Journal:
         """Up to ``limit`` entries past index ``after`` whose state is one of ``states``."""
         marks = ",".join("?" for _ in states)
         statement = (
-            f"SELECT {_COLUMNS} FROM entries WHERE idx > ? AND state IN ({marks}) "  # noqa: S608
+            f"SELECT {COLUMNS} FROM entries WHERE idx > ? AND state IN ({marks}) "  # noqa: S608
             "ORDER BY idx LIMIT ?"
         )
+        values = (after, *(str(state) for state in states), limit)
 
         def page() -> list[Entry]:
-            return [_entry(row) for row in self._db.execute(statement, (after, *states, limit))]
+            return [entry_of(row) for row in self._db.execute(statement, values)]
 
         return await self._call(page)
 
     async def get(self, index: int) -> Entry:
         """The entry of input ``index``."""
-        statement = f"SELECT {_COLUMNS} FROM entries WHERE idx = ?"  # noqa: S608
-        return await self._call(lambda: _entry(self._db.execute(statement, (index,)).fetchone()))
+        statement = f"SELECT {COLUMNS} FROM entries WHERE idx = ?"  # noqa: S608
+        return await self._call(lambda: entry_of(self._db.execute(statement, (index,)).fetchone()))
+
+    async def troubles(self, limit: int) -> list[Entry]:
+        """The first ``limit`` entries, in input order, that did not succeed and say why."""
+        statement = (
+            f"SELECT {COLUMNS} FROM entries WHERE error IS NOT NULL "  # noqa: S608
+            "AND NOT (state = 'done' AND status = 'succeeded') ORDER BY idx LIMIT ?"
+        )
+        return await self._call(
+            lambda: [entry_of(row) for row in self._db.execute(statement, (limit,))]
+        )
 
     async def prediction_ids(self) -> set[str]:
         """Every prediction id the journal holds."""
@@ -262,7 +398,7 @@ class Journal:
         """Call ``write`` in the worker thread with every entry, in input order."""
 
         def export() -> _T:
-            rows = self._db.execute(f"SELECT {_COLUMNS} FROM entries ORDER BY idx")  # noqa: S608
-            return write(_entry(row) for row in rows)
+            rows = self._db.execute(f"SELECT {COLUMNS} FROM entries ORDER BY idx")  # noqa: S608
+            return write(entry_of(row) for row in rows)
 
         return await self._call(export)

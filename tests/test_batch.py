@@ -12,7 +12,8 @@ import anyio
 import pytest
 import quickrouter_async as qr
 from quickrouter_async._journal import JOURNAL_NAME
-from quickrouter_async.cli._batch import BatchOptions, run_batch
+from quickrouter_async.cli._batch import BatchOptions
+from quickrouter_async.cli._execute import run_batch
 from quickrouter_async.testing import Faults
 
 from .conftest import FAST_POLL, FAST_RETRY
@@ -135,9 +136,16 @@ async def test_usage_errors(
     assert "cannot read" in capsys.readouterr().err
 
     assert await run_batch(client, BatchOptions(source=source, out=out, model=MODEL)) == 0
-    other = _write(tmp_path / "other.jsonl", _prompts(3))
+    other = _write(tmp_path / "other.jsonl", [{"prompt": "another job"}, *_prompts(3)])
     assert await run_batch(client, BatchOptions(source=other, out=out, model=MODEL)) == 2
-    assert "belongs to another job" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "lines 1, 2 changed" in err
+    assert f"this job was started from {source}" in err
+    other_model = BatchOptions(source=source, out=out, model="google/imagen-4-fast")
+    assert await run_batch(client, other_model) == 2
+    assert "job run with --model google/imagen-4, not google/imagen-4-fast" in (
+        capsys.readouterr().err
+    )
     assert emulator.count("create") == 2
 
 
@@ -236,7 +244,7 @@ async def test_a_failed_lookup_never_sends_again(
     creates = emulator.count("create")
     assert await run_batch(client, BatchOptions(source=source, out=out, model=MODEL)) == 1
     assert emulator.count("create") == creates
-    assert _results(out)[1]["status"] == "submitting"
+    assert _results(out)[1]["status"] == "in_doubt"
     assert _results(out)[1]["error"]
     emulator.faults = None
     assert await run_batch(client, BatchOptions(source=source, out=out, model=MODEL)) == 0

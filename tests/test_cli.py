@@ -6,16 +6,23 @@ to runs on an event loop of its own in a thread.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import fcntl
 import json
+import sqlite3
 import threading
 from typing import TYPE_CHECKING, Any
 
 import pytest
+import quickrouter_async as qr
+from quickrouter_async import InputError
 from quickrouter_async.cli import main
-from quickrouter_async.cli._lines import parse_setting, validate
+from quickrouter_async.cli._get import describe
+from quickrouter_async.cli._lines import entries, parse_setting, validate
+from quickrouter_async.cli._main import _unexpected
 from quickrouter_async.cli._progress import Display, Tally
-from quickrouter_async.testing import Emulator
+from quickrouter_async.testing import Emulator, Faults
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -173,7 +180,7 @@ def test_batch_reports_every_invalid_line_before_sending(
     assert main(arguments) == 2
     err = capsys.readouterr().err
     for number in range(2, 12):
-        assert f"in.jsonl:{number}:" in err
+        assert f"in.jsonl:{number}:" in err or f"in.jsonl: lines {number}, " in err
     assert "in.jsonl:1:" not in err
     assert "10 invalid line(s)" in err
     assert environment.count() == 0
@@ -220,3 +227,185 @@ def test_progress_line_and_display() -> None:
     assert "running 1" in buffer.getvalue()
     with Display(tally, enabled=False):
         pass
+
+
+def test_more_bad_lines_are_named_and_counted(
+    environment: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    deep = {"prompt": "x"}
+    nested: Any = "leaf"
+    for _ in range(40):
+        nested = [nested]
+    deep["seed"] = nested
+    lines = [
+        json.dumps({"model": "acme/any", "input": {"prompt": "fine", "strength": 0.5}}),
+        '{"prompt": "x", "seed": 1e400}',
+        json.dumps(deep),
+        *(f'{{"prompt": "x", "aspect_ratio": "{n}:7"}}' for n in range(30)),
+    ]
+    source = tmp_path / "in.jsonl"
+    source.write_text("\n".join(lines) + "\n")
+    arguments = ["batch", str(source), "--out", str(tmp_path / "out"), "--model", "google/imagen-4"]
+    assert main(arguments) == 2
+    err = capsys.readouterr().err
+    assert "in.jsonl:2: the number 1e400 is out of range" in err
+    assert "in.jsonl:3: nested more than 32 levels deep" in err
+    assert "error: in.jsonl: 12 more invalid line(s) not shown" in err
+    assert "32 invalid line(s)" in err
+    assert environment.count() == 0
+    with pytest.raises(InputError, match=r"in\.jsonl:2: the number"):
+        list(entries(source, "google/imagen-4"))
+
+
+def test_folders_that_hold_something_else_are_refused(
+    environment: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"prompt": "a"}\n')
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    web = tmp_path / "web"
+    web.mkdir()
+    (web / "index.html").write_text("<p>my site</p>")
+    cases = {afile: "is a file, not a folder", afile / "sub": "cannot make --out"}
+    cases[web] = "holds index.html but no journal"
+    for out, message in cases.items():
+        assert main(["batch", str(source), "--out", str(out), "--model", "google/imagen-4"]) == 2
+        assert message in capsys.readouterr().err
+    assert (web / "index.html").read_text() == "<p>my site</p>"
+    assert main(["demo", "--out", str(afile)]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert main(["demo", "--out", str(afile / "sub")]) == 2
+    assert "afile" in capsys.readouterr().err
+    assert environment.count() == 0
+
+
+def test_a_job_without_model_may_be_given_one_later(
+    environment: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"model": "google/imagen-4", "input": {"prompt": "a"}}\n')
+    out = tmp_path / "out"
+    assert main(["batch", str(source), "--out", str(out)]) == 0
+    assert main(["batch", str(source), "--out", str(out), "--resume"]) == 0
+    with source.open("a") as handle:
+        handle.write('{"prompt": "bare"}\n')
+    assert main(["batch", str(source), "--out", str(out), "--model", "google/imagen-4"]) == 0
+    assert main(["batch", str(source), "--out", str(out), "--resume"]) == 0
+    assert "reading bare lines as inputs of google/imagen-4" in capsys.readouterr().err
+    assert environment.count("create") == 2
+
+
+def test_a_lock_whose_holder_said_nothing_yet(
+    environment: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "in.jsonl"
+    source.write_text('{"prompt": "a"}\n')
+    out = tmp_path / "out"
+    out.mkdir()
+    with (out / "journal.lock").open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # locked, but no record written
+        assert main(["batch", str(source), "--out", str(out), "--model", "google/imagen-4"]) == 2
+    assert "a process that has not said who it is yet" in capsys.readouterr().err
+    assert environment.count() == 0
+
+
+def test_an_earlier_demo_is_replaced_and_a_batch_never_resumes_it(
+    environment: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out)]) == 0
+    # As the first release left it: no kind in the journal's meta (and a damaged one).
+    db = sqlite3.connect(out / "journal.sqlite3")
+    db.execute("DELETE FROM meta WHERE key = 'kind'")
+    db.commit()
+    db.close()
+    assert main(["demo", "--out", str(out)]) == 0
+    (out / "journal.sqlite3").write_bytes(b"damaged" * 1000)
+    assert main(["demo", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["batch", str(out / "inputs.jsonl"), "--out", str(out)]) == 2
+    assert "holds a demo job, not a batch" in capsys.readouterr().err
+    assert environment.count() == 0
+
+
+def test_run_refuses_a_prompt_that_is_not_text(
+    environment: Emulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # How the bytes b"caf\xe9" of a Latin-1 terminal reach Python.
+    prompt = b"caf\xe9".decode("utf-8", "surrogateescape")
+    assert main(["run", "google/imagen-4", "--prompt", prompt]) == 2
+    assert "--prompt and --set take UTF-8 text" in capsys.readouterr().err
+    assert environment.count() == 0
+
+
+def test_a_key_file_that_is_not_text_is_refused_without_showing_it(
+    server: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key_file = tmp_path / "key"
+    key_file.write_bytes(b"\xffsecret-bytes")
+    arguments = ["get", "someid", "--base-url", server.base_url, "--api-key-file", str(key_file)]
+    assert main(arguments) == 2
+    err = capsys.readouterr().err
+    assert "is not UTF-8 text" in err
+    assert "secret" not in err
+
+
+def test_an_unexpected_failure_is_one_line_without_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("QUICKROUTER_API_KEY", SECRET)
+    options = argparse.Namespace(api_key_file=None)
+    failure = ExceptionGroup("", [ExceptionGroup("", [ValueError(f"bad {SECRET} thing")])])
+    assert _unexpected(failure, options) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: an unexpected failure stopped the command: ValueError: bad")
+    assert SECRET not in err
+    assert "[API key]" in err
+    assert _unexpected(BaseExceptionGroup("", [KeyboardInterrupt()]), options) == 130
+    assert _unexpected(ExceptionGroup("", [InputError("bad id")]), options) == 2
+    assert capsys.readouterr().err == "error: bad id\n"
+    assert _unexpected(ValueError("x"), argparse.Namespace()) == 1
+
+
+def test_get_refuses_what_is_not_an_id(
+    environment: Emulator, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["get", ".."]) == 2
+    assert "a prediction id must be" in capsys.readouterr().err
+    assert environment.count() == 0
+
+
+def test_get_describes_what_it_cannot_show_whole() -> None:
+    long = "data:image/png;base64," + "A" * 5000
+    prediction = qr.Prediction(
+        id="p1", status=qr.Status.FAILED, output=[long], error="boom", data_removed=True
+    )
+    lines = describe(prediction)
+    assert "error:     boom" in lines
+    assert any(line.endswith("... (5022 characters)") for line in lines)
+    assert lines[-1] == "output:    removed by the server (it keeps files for an hour)"
+    assert not any(line.startswith("predict:") for line in lines)
+
+
+@pytest.mark.slow
+def test_resend_in_doubt_also_resends_this_runs_creates(
+    environment: Emulator, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(f'{{"prompt": "p{n}"}}\n' for n in range(3)))
+    arguments = ["batch", str(source), "--out", str(tmp_path / "out"), "--concurrency", "1"]
+    arguments += ["--model", "google/imagen-4"]
+    # A gateway without the list route, where every other create is stored and then
+    # answered 500: nothing can tell whether those made a prediction.
+    environment.list_route = False
+    environment.faults = Faults(server_error_after_create=0.5, endpoints=["create"])
+    assert main(arguments) == 1
+    doubts = int(capsys.readouterr().out.split(" in doubt")[0].rsplit(" ", 1)[-1])
+    assert doubts >= 1
+    made = len(environment.predictions)
+    assert main([*arguments, "--resend-in-doubt"]) == 0
+    assert "3 of 3 succeeded, 0 failed, 0 in doubt" in capsys.readouterr().out
+    # Each input in doubt was sent again (paid twice), and so was every create that
+    # fell in doubt in this run.
+    assert len(environment.predictions) >= made + doubts

@@ -1,56 +1,30 @@
-"""The files a batch job leaves beside its images: ``results.jsonl`` and ``index.html``.
+"""The gallery a batch job leaves beside its images and ``results.jsonl``: ``index.html``.
 
-Both are rewritten from the journal at the end of every run (into a temporary file,
-renamed into place), so after any number of interrupted and resumed runs each holds
-exactly one entry per input, in input order.
+Like ``results.jsonl`` it is rewritten from the journal at the end of every run (into a
+temporary file, renamed into place, with the mode the umask gives: `atomic_write`), so
+after any number of interrupted and resumed runs it holds exactly one card per input,
+in input order.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
-from pathlib import Path
 from typing import TYPE_CHECKING, Final, TextIO
 
 from .._html import Card, Image, path_src, render_page
 from .._text import short_repr
+from ._output import atomic_write
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable
+    from collections.abc import Iterable
+    from pathlib import Path
 
     from .._journal import Entry
 
-__all__ = ["GALLERY_NAME", "RESULTS_NAME", "write_gallery", "write_results"]
+__all__ = ["GALLERY_NAME", "RESULTS_NAME", "write_gallery"]
 
 RESULTS_NAME: Final = "results.jsonl"
 GALLERY_NAME: Final = "index.html"
 _TITLE: Final = "quickrouter-async gallery"
-
-
-def _atomic(target: Path, write: Callable[[TextIO], int]) -> int:
-    descriptor, name = tempfile.mkstemp(dir=target.parent, prefix=".", suffix=".part")
-    try:
-        with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
-            count = write(handle)
-        Path(name).replace(target)
-    except BaseException:
-        Path(name).unlink(missing_ok=True)
-        raise
-    return count
-
-
-def write_results(target: Path, entries: Iterable[Entry]) -> int:
-    """Write one JSON line per entry into ``target``; return how many."""
-
-    def write(handle: TextIO) -> int:
-        count = 0
-        for entry in entries:
-            handle.write(json.dumps(entry.result()) + "\n")
-            count += 1
-        return count
-
-    return _atomic(target, write)
 
 
 def _card(entry: Entry) -> Card:
@@ -84,4 +58,4 @@ def write_gallery(target: Path, entries: Iterable[Entry]) -> int:
         handle.write(page)
         return len(cards)
 
-    return _atomic(target, write)
+    return atomic_write(target, write)

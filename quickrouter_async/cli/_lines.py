@@ -11,12 +11,17 @@ convention of Replicate's and cog's command lines): ``"image_input": ["@ref.jpg"
 relative to the input file (``batch``) or the current folder (``run``); each file is
 checked when the input is, and read only when its create is built, so the journal keeps
 the line as written.
+
+A line is read strictly, so that what is sent is exactly what the file says: bytes that
+are not UTF-8, a lone surrogate (``"\\ud800"``), ``NaN`` or ``Infinity``, a number out of
+range, an integer of more than `MAX_DIGITS` digits and nesting deeper than `MAX_DEPTH`
+are each refused with the line's number, before anything is sent.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
@@ -33,6 +38,8 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
 __all__ = [
+    "MAX_DEPTH",
+    "MAX_DIGITS",
     "Scan",
     "entries",
     "image_lists",
@@ -42,6 +49,18 @@ __all__ = [
     "scan",
     "validate",
 ]
+
+# No input of an image model nests this deep or needs a longer integer; a line that does
+# is a mistake, and refusing it keeps parsing, the journal and the request bounded.
+MAX_DEPTH: Final = 32
+MAX_DIGITS: Final = 64
+# Distinct messages shown for an invalid file; the count of invalid lines is always whole.
+_SHOWN: Final = 20
+_LINES_SHOWN: Final = 5
+_SHAPE: Final = (
+    'each line is an input such as {"prompt": "..."} (its model from --model), '
+    'or {"model": "owner/name", "input": {"prompt": "..."}}'
+)
 
 _TYPED: dict[str, type[Imagen4Input] | type[Seedream4Input]] = {
     **dict.fromkeys(IMAGEN4_MODELS, Imagen4Input),
@@ -64,9 +83,10 @@ def validate(model: str, payload: object) -> None:
     fields = {field.name for field in attrs.fields(typed)} - {"model"}
     unknown = sorted(set(payload) - fields)
     if unknown:
+        hint = f"; {_SHAPE}" if {"model", "input"} & set(unknown) else ""
         raise InputError(
-            f"unknown field(s) {short_repr(', '.join(unknown))} for {model}; "
-            f"known: {', '.join(sorted(fields))}"
+            f"unknown field(s) {short_repr(', '.join(unknown))} for {model}; known: "
+            f"{', '.join(sorted(fields))}{hint}"
         )
     if "prompt" not in payload:
         raise InputError(f"{model} needs a prompt", field="prompt")
@@ -81,71 +101,168 @@ def _split(data: object, default_model: str | None) -> tuple[str, object]:
     if isinstance(data, dict) and "input" in data and "model" in data:
         extra = sorted(set(data) - {"model", "input"})
         if extra:
-            raise InputError(f"unknown key(s) beside model and input: {', '.join(extra)}")
+            raise InputError(f"unknown key(s) {', '.join(extra)} beside model and input; {_SHAPE}")
         model: object = data["model"]
         if not isinstance(model, str):
             raise InputError("model must be a string 'owner/name'")
         return model, data["input"]
     if default_model is None:
-        raise InputError('no model: pass --model, or write {"model": ..., "input": {...}}')
+        if isinstance(data, dict) and "model" in data:
+            raise InputError(f'this line names a model but has no "input" to wrap; {_SHAPE}')
+        raise InputError(f"no model: pass --model owner/name; {_SHAPE}")
     return default_model, data
+
+
+def _no_constant(name: str) -> Any:
+    raise InputError(f"{name} is not a number JSON allows (nor the API)")
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise InputError(f"the number {text[:40]} is out of range")
+    return value
+
+
+def _int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_DIGITS:
+        raise InputError(f"an integer of {len(text.lstrip('-'))} digits (at most {MAX_DIGITS})")
+    return int(text)
+
+
+def _check_values(data: object) -> None:
+    """Refuse nesting deeper than `MAX_DEPTH` and strings that are not valid Unicode.
+
+    Iterative, so that no input can exhaust the stack.
+    """
+    stack: list[tuple[object, int]] = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict | list):
+            if depth > MAX_DEPTH:
+                raise InputError(f"nested more than {MAX_DEPTH} levels deep")
+            items = value.items() if isinstance(value, dict) else enumerate(value)
+            for key, item in items:
+                stack.append((key, depth + 1))
+                stack.append((item, depth + 1))
+        elif isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as exc:
+                code = ord(value[exc.start])
+                raise InputError(
+                    f"a lone surrogate \\u{code:04x} in a string: not valid Unicode, "
+                    "the API cannot receive it"
+                ) from None
+
+
+def _decode(raw: bytes, number: int) -> str:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            f"not UTF-8: byte 0x{raw[exc.start]:02x} at byte {exc.start + 1} of the line; "
+            "save the file as UTF-8"
+        ) from None
+    # A byte order mark some editors put at the start of a UTF-8 file is not part of it.
+    return text.removeprefix("\ufeff") if number == 1 else text
 
 
 def _parse(
     text: str, default_model: str | None, folder: Path | None = None
 ) -> tuple[str, dict[str, Any]]:
     try:
-        data = json.loads(text)
+        data = json.loads(text, parse_constant=_no_constant, parse_float=_float, parse_int=_int)
     except json.JSONDecodeError as exc:
         raise InputError(f"not JSON: {exc.msg} (column {exc.colno})") from None
+    except RecursionError:
+        raise InputError(f"nested more than {MAX_DEPTH} levels deep") from None
+    _check_values(data)
     model, payload = _split(data, default_model)
     validate(model, payload if folder is None else local_files(payload, folder, check=True))
     assert isinstance(payload, dict)  # noqa: S101 (validate checked it)
     return model, payload
 
 
-@attrs.frozen
-class Scan:
-    """What one pass over a batch file found."""
+def _lines(path: Path) -> Iterator[tuple[int, bytes]]:
+    with path.open("rb") as handle:
+        yield from enumerate(handle, start=1)
 
-    digest: str
-    count: int
-    errors: list[str]
+
+@attrs.define
+class Scan:
+    """What one pass over a batch file found.
+
+    Attributes:
+        count: the inputs (lines that are not blank).
+        invalid: the invalid lines.
+        messages: one message per distinct problem (the first few), with its lines.
+    """
+
+    count: int = 0
+    invalid: int = 0
+    problems: dict[str, list[int]] = attrs.Factory(dict)
+
+    def note(self, number: int, message: str) -> None:
+        """Count invalid line ``number``; keep its message if it is among the first."""
+        self.invalid += 1
+        lines = self.problems.get(message)
+        if lines is None and len(self.problems) < _SHOWN:
+            lines = self.problems[message] = []
+        if lines is not None:
+            lines.append(number)
+
+    def messages(self, name: str) -> list[str]:
+        """What to print: one line per distinct problem, naming its lines."""
+        shown: list[str] = []
+        for message, numbers in self.problems.items():
+            if len(numbers) == 1:
+                shown.append(f"{name}:{numbers[0]}: {message}")
+                continue
+            listed = ", ".join(str(n) for n in numbers[:_LINES_SHOWN])
+            more = len(numbers) - _LINES_SHOWN
+            listed += f" and {more} more" if more > 0 else ""
+            shown.append(f"{name}: lines {listed}: {message}")
+        unlisted = self.invalid - sum(len(numbers) for numbers in self.problems.values())
+        if unlisted:
+            shown.append(f"{name}: {unlisted} more invalid line(s) not shown")
+        return shown
 
 
 def scan(path: Path, default_model: str | None) -> Scan:
     """Validate every line of ``path`` (blocking: call it in a worker thread).
 
-    Returns:
-        The file's SHA-256, the number of inputs and one message per invalid line.
+    Memory stays flat: only the first few distinct messages are kept.
     """
-    digest = hashlib.sha256()
-    count = 0
-    errors: list[str] = []
-    with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            digest.update(raw)
-            text = raw.decode("utf-8", errors="replace").strip()
+    found = Scan()
+    for number, raw in _lines(path):
+        try:
+            text = _decode(raw, number).strip()
             if not text:
                 continue
-            count += 1
-            try:
-                _parse(text, default_model, path.parent)
-            except (InputError, TypeError) as exc:
-                errors.append(f"{path.name}:{number}: {exc}")
-    return Scan(digest=digest.hexdigest(), count=count, errors=errors)
+            found.count += 1
+            _parse(text, default_model, path.parent)
+        except (InputError, TypeError, ValueError) as exc:
+            found.note(number, str(exc))
+    return found
 
 
 def entries(path: Path, default_model: str | None) -> Iterator[Entry]:
-    """The inputs of a file `scan` found valid, one `Entry` each (blocking)."""
+    """The inputs of a file `scan` found valid, one `Entry` each (blocking).
+
+    Raises:
+        InputError: a line is invalid after all (the file changed since the scan).
+    """
     index = 0
-    with path.open("rb") as handle:
-        for number, raw in enumerate(handle, start=1):
-            text = raw.decode("utf-8", errors="replace").strip()
-            if text:
+    for number, raw in _lines(path):
+        text = _decode(raw, number).strip()
+        if text:
+            try:
                 model, payload = _parse(text, default_model, path.parent)
-                yield Entry(index=index, line=number, model=model, input=payload)
-                index += 1
+            except (InputError, TypeError, ValueError) as exc:
+                raise InputError(f"{path.name}:{number}: {exc}") from None
+            yield Entry(index=index, line=number, model=model, input=payload)
+            index += 1
 
 
 def parse_setting(text: str) -> tuple[str, Any]:

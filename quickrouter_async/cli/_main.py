@@ -7,6 +7,7 @@ flag: command lines end up in shell histories and process lists), and is never p
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -17,16 +18,12 @@ import anyio
 
 from .._errors import InputError
 from .._version import __version__
+from ._status import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Sequence
 
     from .._client import QuickRouter
-
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130
 
 
 def _positive_int(text: str) -> int:
@@ -105,7 +102,9 @@ def _parser() -> argparse.ArgumentParser:
         help="another input field; VALUE is read as JSON when it parses, else as a string; "
         "@PATH sends a local file (@@ for a literal @)",
     )
-    run.add_argument("--out", type=Path, default=Path(), help="output folder (default: .)")
+    run.add_argument(
+        "--out", type=Path, default=Path(), help="output folder, made if missing (default: .)"
+    )
     _connection(run)
     _rate_limit_redis(run)
 
@@ -134,8 +133,30 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="on Ctrl-C leave predictions running on the server (a resume re-attaches)",
     )
+    batch.add_argument(
+        "--accept-edits",
+        action="store_true",
+        help="resume with an edited input file: changed lines run as new inputs, removed "
+        "lines leave the job (lines appended at the end need no flag)",
+    )
+    batch.add_argument(
+        "--resend-in-doubt",
+        action="store_true",
+        help="send the inputs in doubt again (their predictions may exist: each may be "
+        "paid for twice)",
+    )
     _connection(batch)
     _rate_limit_redis(batch)
+
+    get = commands.add_parser(
+        "get",
+        help="show a prediction and download its files",
+        description="Show a prediction (status, model, times, error, output URLs) and, "
+        "with --out, download its files and print their paths.",
+    )
+    get.add_argument("prediction_id", metavar="ID", help="the prediction's id")
+    get.add_argument("--out", type=Path, help="download the output files into this folder")
+    _connection(get)
 
     demo = commands.add_parser(
         "demo",
@@ -163,6 +184,10 @@ def _api_key(options: argparse.Namespace) -> str:
         return Path(options.api_key_file).read_text(encoding="utf-8").strip()
     except OSError as exc:
         message = f"cannot read --api-key-file {options.api_key_file}: {exc.strerror}"
+        raise InputError(message) from None
+    except UnicodeDecodeError:
+        # Not quoted: whatever the file holds may be (part of) a key.
+        message = f"--api-key-file {options.api_key_file} is not UTF-8 text"
         raise InputError(message) from None
 
 
@@ -195,9 +220,23 @@ async def _until_interrupted(work: Callable[[anyio.Event], Awaitable[int]]) -> i
     return code
 
 
+def _text_arguments(options: argparse.Namespace) -> None:
+    """Refuse ``--prompt`` and ``--set`` values that are not valid text.
+
+    Bytes of the command line that are not UTF-8 reach Python as lone surrogates; sent
+    on, they would be billed as a garbled prompt.
+    """
+    for text in (options.prompt, *options.settings):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InputError("--prompt and --set take UTF-8 text; this is not") from None
+
+
 def _run(options: argparse.Namespace) -> int:
     from ._run import build_input, run_one  # noqa: PLC0415
 
+    _text_arguments(options)
     payload = build_input(options.model, options.prompt, options.settings)
     key = _api_key_or_fail(options)
     shared = _shared_rate_limit(options)
@@ -213,14 +252,28 @@ def _run(options: argparse.Namespace) -> int:
 
             group.start_soon(go)
             await interrupt.wait()
-            group.cancel_scope.cancel()  # run() cancels its prediction on the server
+            group.cancel_scope.cancel()  # the prediction is canceled on the server
         return code
 
     return anyio.run(_until_interrupted, work)
 
 
+def _get(options: argparse.Namespace) -> int:
+    from ._get import show  # noqa: PLC0415
+
+    key = _api_key_or_fail(options)
+
+    async def work() -> int:
+        async with _client(options, key) as client:
+            return await show(client, options.prediction_id, options.out)
+
+    return anyio.run(work)
+
+
 def _batch(options: argparse.Namespace) -> int:
-    from ._batch import BatchOptions, run_batch  # noqa: PLC0415
+    from .._config import RetryPolicy  # noqa: PLC0415
+    from ._batch import BatchOptions  # noqa: PLC0415
+    from ._execute import run_batch  # noqa: PLC0415
     from ._progress import interactive  # noqa: PLC0415
 
     key = _api_key_or_fail(options)
@@ -233,15 +286,65 @@ def _batch(options: argparse.Namespace) -> int:
         resume=options.resume,
         detach=options.detach,
         progress=interactive(),
+        accept_edits=options.accept_edits,
+        resend_in_doubt=options.resend_in_doubt,
     )
 
     async def work(interrupt: anyio.Event) -> int:
-        settings = {"max_concurrency": options.concurrency, "rate_limit": options.rate_limit}
-        settings |= shared
+        settings: dict[str, Any] = {
+            "max_concurrency": options.concurrency,
+            "rate_limit": options.rate_limit,
+            **shared,
+        }
+        if options.resend_in_doubt:
+            # This run's own creates in doubt are sent again too, by the client.
+            settings["retry"] = RetryPolicy(in_doubt="resend")
         async with _client(options, key, **settings) as client:
             return await run_batch(client, batch, interrupt=interrupt)
 
     return anyio.run(_until_interrupted, work)
+
+
+def _demo(options: argparse.Namespace) -> int:
+    from ._demo import run_demo  # noqa: PLC0415 (keeps --help fast)
+
+    return anyio.run(_until_interrupted, lambda interrupt: run_demo(options.out, interrupt))
+
+
+_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": _run,
+    "get": _get,
+    "batch": _batch,
+    "demo": _demo,
+}
+
+
+def _innermost(exc: BaseException) -> BaseException:
+    """The first leaf of an exception group (the exception itself otherwise)."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def _unexpected(exc: BaseException, options: argparse.Namespace) -> int:
+    """Say, in one line, that something unforeseen stopped the command."""
+    leaf = _innermost(exc)
+    if isinstance(leaf, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    if isinstance(leaf, InputError):  # from inside a task group: a usage error after all
+        print(f"error: {leaf}", file=sys.stderr)  # noqa: T201 (the command's output)
+        return EXIT_USAGE
+    text = f"{type(leaf).__name__}: {leaf}"
+    key = ""
+    with contextlib.suppress(InputError, AttributeError):  # no key, or no key options
+        key = _api_key(options)
+    if key:
+        text = text.replace(key, "[API key]")
+    print(  # noqa: T201 (the command's output)
+        f"error: an unexpected failure stopped the command: {text[:2000]} (please report it)",
+        file=sys.stderr,
+    )
+    return EXIT_FAILED
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -253,13 +356,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return emulator_main(arguments[1:], prog="quickrouter-async emulator")
     options = _parser().parse_args(arguments)
     try:
-        if options.command == "run":
-            return _run(options)
-        if options.command == "batch":
-            return _batch(options)
+        return _COMMANDS[options.command](options)
     except InputError as exc:
         print(f"error: {exc}", file=sys.stderr)  # noqa: T201 (the command's output)
         return EXIT_USAGE
-    from ._demo import run_demo  # noqa: PLC0415 (keeps --help fast)
-
-    return anyio.run(_until_interrupted, lambda interrupt: run_demo(options.out, interrupt))
+    except (Exception, BaseExceptionGroup, KeyboardInterrupt) as exc:  # noqa: BLE001
+        # The last resort, so that the command never ends in a traceback.
+        return _unexpected(exc, options)

@@ -7,6 +7,7 @@ import time
 from typing import TYPE_CHECKING, Any, Self
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
     from types import TracebackType
 
     from rich.console import Console
@@ -25,8 +26,15 @@ class Tally:
         self.running = 0
         self.succeeded = succeeded_before
         self.failed = done_before - succeeded_before
+        self.in_doubt = 0
         self.finished_now = 0
         self.started = time.monotonic()
+
+    def rebase(self, counts: Mapping[str, int]) -> None:
+        """Take the finished counts from the journal's (``done``, ``succeeded``, ``in_doubt``)."""
+        self.succeeded = counts["succeeded"]
+        self.failed = counts["done"] - counts["succeeded"]
+        self.in_doubt = counts["in_doubt"]
 
     def start(self) -> None:
         """An input started (created, or re-attached to)."""
@@ -43,6 +51,11 @@ class Tally:
         else:
             self.failed += 1
 
+    def doubt(self) -> None:
+        """An input's create ended in doubt: its prediction may exist (it never ran here)."""
+        self.finished_now += 1
+        self.in_doubt += 1
+
     @property
     def rate(self) -> float:
         """Inputs finished per second in this run."""
@@ -52,7 +65,7 @@ class Tally:
     @property
     def eta(self) -> float | None:
         """Seconds until every input is finished at the current rate; None if unknown."""
-        left = self.total - self.succeeded - self.failed
+        left = self.total - self.succeeded - self.failed - self.in_doubt
         rate = self.rate
         return left / rate if rate > 0 else None
 
@@ -60,10 +73,11 @@ class Tally:
         """One line of text: the counts, the rate and the time left."""
         eta = self.eta
         left = "?" if eta is None else f"{int(eta) // 60}:{int(eta) % 60:02d}"
+        doubt = f" · in doubt {self.in_doubt}" if self.in_doubt else ""
         return (
             f"{self.succeeded + self.failed}/{self.total} done · submitted {self.submitted} · "
-            f"running {self.running} · succeeded {self.succeeded} · failed {self.failed} · "
-            f"{self.rate:.1f}/s · ETA {left}"
+            f"running {self.running} · succeeded {self.succeeded} · failed {self.failed}"
+            f"{doubt} · {self.rate:.1f}/s · ETA {left}"
         )
 
     def __rich__(self) -> Text:

@@ -22,7 +22,7 @@ import logging
 import mimetypes
 import os
 import re
-import tempfile
+import secrets
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, TypeVar
@@ -115,13 +115,23 @@ def _disk_error(exc: OSError, path: Path) -> DownloadError:
     )
 
 
+def open_part(target: Path) -> tuple[int, Path]:
+    """A new hidden ``.part`` file beside ``target``, opened for writing: its descriptor
+    and path. Created with mode 0666 less the umask, as any file a program writes.
+
+    Its 64 random bits make a name that is already taken (``O_EXCL`` then fails with
+    `FileExistsError`) a practical impossibility.
+    """
+    path = target.with_name(f".{target.name}.{secrets.token_hex(8)}.part")
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), path
+
+
 class _PartFile:
     """A temporary file beside ``target``, renamed onto it only when complete."""
 
     def __init__(self, target: Path) -> None:
         self.target = target
-        descriptor, name = tempfile.mkstemp(dir=target.parent, prefix=".", suffix=".part")
-        self.path = Path(name)
+        descriptor, self.path = open_part(target)
         self.handle = os.fdopen(descriptor, "wb")
 
     def write(self, data: bytes) -> None:

@@ -23,9 +23,9 @@ from ._models import InputT
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from types import TracebackType
 
     from anyio.streams.memory import MemoryObjectReceiveStream
-    from types import TracebackType
 
     from ._models import Outcome
 

@@ -2,16 +2,18 @@
 
 `tempfile.mkstemp` makes its files ``0600`` whatever the umask, and a file renamed into
 place keeps that mode: a web server running as another user could then not read a
-job's results or gallery. `atomic_write` makes its temporary file with ``0o666`` and
-lets the umask take away what it takes away, exactly as ``open(path, "w")`` would.
+job's results or gallery. `atomic_write` makes its temporary file as downloads do
+(`open_part`: ``0o666``, less what the umask takes away, exactly as ``open(path, "w")``
+would).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import secrets
 from typing import TYPE_CHECKING, TextIO, TypeVar
+
+from .._files import open_part
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -24,16 +26,6 @@ __all__ = ["atomic_write", "write_results"]
 _T = TypeVar("_T")
 
 
-def _temporary(target: Path) -> tuple[int, Path]:
-    """A new file beside ``target`` (a hidden ``.part``), opened for writing.
-
-    Its 64 random bits make a name that is already taken (``O_EXCL`` then fails with
-    `FileExistsError`) a practical impossibility.
-    """
-    path = target.with_name(f".{target.name}.{secrets.token_hex(8)}.part")
-    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), path
-
-
 def atomic_write(target: Path, write: Callable[[TextIO], _T]) -> _T:
     """Write ``target`` through ``write(handle)`` into a temporary file, then rename it.
 
@@ -41,7 +33,7 @@ def atomic_write(target: Path, write: Callable[[TextIO], _T]) -> _T:
     temporary file is removed and ``target`` left as it was (blocking: call it in a
     worker thread).
     """
-    descriptor, path = _temporary(target)
+    descriptor, path = open_part(target)
     try:
         with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
             result = write(handle)

@@ -28,7 +28,7 @@ import asyncio
 import logging
 import math
 import time
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 
@@ -50,7 +50,14 @@ from ._transport import in_doubt
 
 if TYPE_CHECKING:
     import datetime as dt
-    from collections.abc import AsyncIterable, Awaitable, Callable, Collection, Sequence
+    from collections.abc import (
+        AsyncIterable,
+        Awaitable,
+        Callable,
+        Collection,
+        Coroutine,
+        Sequence,
+    )
 
     from ._capabilities import CapabilityBook
     from ._ledger import Creating
@@ -116,7 +123,7 @@ class Creates:
         self._cancel = cancel
         self.ledger = Ledger()
         # Tasks that settle creates given up on, and when each will be done at the latest.
-        self._orphans: dict[asyncio.Task[None], float] = {}
+        self._orphans: dict[asyncio.Task[Any], float] = {}
 
     def __repr__(self) -> str:
         return f"<Creates {len(self._orphans)} given up on>"
@@ -153,13 +160,21 @@ class Creates:
     # -- sending ---------------------------------------------------------------------------
 
     async def create(
-        self, request: CreateRequest, *, taken: Collection[str] = frozenset()
+        self,
+        request: CreateRequest,
+        *,
+        taken: Collection[str] = frozenset(),
+        detach: bool = True,
     ) -> Prediction:
         """Create the prediction once, resolving any doubt about its fate.
 
         Args:
             request: the validated create.
             taken: more ids that must not be attached to (predictions being watched).
+            detach: send it from a task of the client's own, so that a caller who gives
+                up leaves at once (the default). False sends it from the caller's task,
+                shielded: for a caller that is itself a task of the client's (a worker
+                of `run_many`), which waits a short hold out and cancels what it made.
 
         Raises:
             APIError: the server refused the create (after the retries a 429 is allowed),
@@ -173,7 +188,7 @@ class Creates:
         sent_at = self._transport.clock.clock()
         try:
             return await self._transport.retrying(
-                lambda: self._attempt(request, entry, sent_at, taken),
+                lambda: self._attempt(request, entry, sent_at, taken, detach=detach),
                 retry_on=self._worth_again,
                 what=lambda: f"create of {request.model}",
             )
@@ -191,30 +206,41 @@ class Creates:
         return isinstance(exc, TransportError) and not exc.request_sent
 
     async def _attempt(
-        self, request: CreateRequest, entry: Creating, sent_at: float, taken: Collection[str]
+        self,
+        request: CreateRequest,
+        entry: Creating,
+        sent_at: float,
+        taken: Collection[str],
+        *,
+        detach: bool,
     ) -> Prediction:
         await entry.begin()
         try:
             try:
-                return await self._send(request)
+                return await self._send(request, detach=detach)
             finally:
                 entry.end()
         except QuickRouterError as exc:
             if not in_doubt(exc):
                 raise
             error = exc
-        found = await self._resolve(request, entry, sent_at, taken, error)
+        try:
+            found = await self._resolve(request, entry, sent_at, taken, error)
+        except anyio.get_cancelled_exc_class():
+            # Given up on while its fate was being looked into: found and canceled later.
+            self._keep(self._cancel_found(request, sent_at), time.monotonic() + _CLOSE_GRACE)
+            raise
         if found is None:
             raise _NotCreated(error)
         return found
 
-    async def _send(self, request: CreateRequest) -> Prediction:
+    async def _send(self, request: CreateRequest, *, detach: bool) -> Prediction:
         """One attempt: a token of the limiter, the request, the answer's lessons."""
         limiter = self.limiter
         await limiter.acquire()
         started = time.monotonic()
         try:
-            response = await self._exchange(request)
+            response = await self._exchange(request, detach=detach)
         except RateLimitError as exc:
             limiter.on_throttled(
                 exc.retry_after, bucket_empty=exc.remaining is None or exc.remaining < 1
@@ -251,9 +277,10 @@ class Creates:
                 )
         return prediction
 
-    async def _exchange(self, request: CreateRequest) -> Response:
+    async def _exchange(self, request: CreateRequest, *, detach: bool) -> Response:
         """Send the create from a task the client owns: a caller that leaves does not
-        cut it short, and what it made is canceled when its answer comes.
+        cut it short, and what it made is canceled when its answer comes. A caller that
+        waits the answer out itself (``detach=False``) sends it shielded instead.
         """
         extra = 0.0 if request.sync_wait is None else request.sync_wait + _HELD_EXTRA
         transport = self._transport
@@ -265,6 +292,9 @@ class Creates:
             headers=request.headers,
             read_extra=extra,
         )
+        if not detach:
+            with anyio.CancelScope(shield=True):
+                return await sending
         task = asyncio.get_running_loop().create_task(sending)
         try:
             return await asyncio.shield(task)
@@ -364,13 +394,15 @@ class Creates:
         extra: float,
     ) -> None:
         read = self._transport.timeouts.read or 30.0
-        settle = asyncio.get_running_loop().create_task(
-            self._settle(task, request, sent_at, started)
-        )
-        self._orphans[settle] = time.monotonic() + extra + read
-        settle.add_done_callback(self._settled)
+        self._keep(self._settle(task, request, sent_at, started), time.monotonic() + extra + read)
 
-    def _settled(self, task: asyncio.Task[None]) -> None:
+    def _keep(self, settling: Coroutine[Any, Any, object], done_by: float) -> None:
+        """Run ``settling`` in a task of the client's, awaited (until ``done_by``) on close."""
+        task = asyncio.get_running_loop().create_task(settling)
+        self._orphans[task] = done_by
+        task.add_done_callback(self._settled)
+
+    def _settled(self, task: asyncio.Task[Any]) -> None:
         self._orphans.pop(task, None)
         if not task.cancelled() and (exc := task.exception()) is not None:
             logger.warning("could not settle a create given up on: %s", exc)

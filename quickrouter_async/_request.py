@@ -164,10 +164,6 @@ def _input_json(payload: dict[str, Any]) -> str:
         ) from None
     except (TypeError, ValueError) as exc:
         raise InputError(f"input is not JSON: {str(exc)[:200]}", field="input") from None
-    try:
-        text.encode()
-    except UnicodeEncodeError as exc:  # a lone surrogate in a string
-        raise InputError(f"input is not valid Unicode: {exc.reason}", field="input") from None
     return text
 
 
@@ -177,7 +173,10 @@ def _body(input_text: str, fields: dict[str, Any]) -> bytes:
     for name, value in fields.items():
         parts += [',"', name, '":', json.dumps(value, ensure_ascii=False)]
     parts.append("}")
-    return "".join(parts).encode()
+    try:
+        return "".join(parts).encode()
+    except UnicodeEncodeError as exc:  # a lone surrogate in a string
+        raise InputError(f"input is not valid Unicode: {exc.reason}", field="input") from None
 
 
 def build_create(

@@ -164,17 +164,12 @@ class Creates:
         request: CreateRequest,
         *,
         taken: Collection[str] = frozenset(),
-        detach: bool = True,
     ) -> Prediction:
         """Create the prediction once, resolving any doubt about its fate.
 
         Args:
             request: the validated create.
             taken: more ids that must not be attached to (predictions being watched).
-            detach: send it from a task of the client's own, so that a caller who gives
-                up leaves at once (the default). False sends it from the caller's task,
-                shielded: for a caller that is itself a task of the client's (a worker
-                of `run_many`), which waits a short hold out and cancels what it made.
 
         Raises:
             APIError: the server refused the create (after the retries a 429 is allowed),
@@ -188,7 +183,7 @@ class Creates:
         sent_at = self._transport.clock.clock()
         try:
             return await self._transport.retrying(
-                lambda: self._attempt(request, entry, sent_at, taken, detach=detach),
+                lambda: self._attempt(request, entry, sent_at, taken),
                 retry_on=self._worth_again,
                 what=lambda: f"create of {request.model}",
             )
@@ -211,13 +206,11 @@ class Creates:
         entry: Creating,
         sent_at: float,
         taken: Collection[str],
-        *,
-        detach: bool,
     ) -> Prediction:
         await entry.begin()
         try:
             try:
-                return await self._send(request, detach=detach)
+                return await self._send(request)
             finally:
                 entry.end()
         except QuickRouterError as exc:
@@ -234,13 +227,13 @@ class Creates:
             raise _NotCreated(error)
         return found
 
-    async def _send(self, request: CreateRequest, *, detach: bool) -> Prediction:
+    async def _send(self, request: CreateRequest) -> Prediction:
         """One attempt: a token of the limiter, the request, the answer's lessons."""
         limiter = self.limiter
         await limiter.acquire()
         started = time.monotonic()
         try:
-            response = await self._exchange(request, detach=detach)
+            response = await self._exchange(request)
         except RateLimitError as exc:
             limiter.on_throttled(
                 exc.retry_after, bucket_empty=exc.remaining is None or exc.remaining < 1
@@ -277,10 +270,9 @@ class Creates:
                 )
         return prediction
 
-    async def _exchange(self, request: CreateRequest, *, detach: bool) -> Response:
+    async def _exchange(self, request: CreateRequest) -> Response:
         """Send the create from a task the client owns: a caller that leaves does not
-        cut it short, and what it made is canceled when its answer comes. A caller that
-        waits the answer out itself (``detach=False``) sends it shielded instead.
+        cut it short, and what it made is canceled when its answer comes.
         """
         extra = 0.0 if request.sync_wait is None else request.sync_wait + _HELD_EXTRA
         transport = self._transport
@@ -292,9 +284,6 @@ class Creates:
             headers=request.headers,
             read_extra=extra,
         )
-        if not detach:
-            with anyio.CancelScope(shield=True):
-                return await sending
         task = asyncio.get_running_loop().create_task(sending)
         try:
             return await asyncio.shield(task)

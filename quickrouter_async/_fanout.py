@@ -50,8 +50,6 @@ logger = logging.getLogger(__name__)
 
 # How long leaving early may take: every in-flight prediction is canceled on the server.
 SHUTDOWN_GRACE: Final = 10.0
-# The longest sync wait a worker waits out itself when the work is stopped.
-HOLD_IN_WORKER: Final = SHUTDOWN_GRACE / 2
 # What `Run._pull` returns in place of an input once the inputs have ended.
 _END: Final = object()
 # Background tasks of run_many calls still going, so none is garbage collected midway.
@@ -311,10 +309,7 @@ class Run(Generic[InputT]):
                 webhook_events_filter=None,
                 cancel_after=creates.cancel_after(self.timeout),
             )
-            # A worker waits out a short hold itself (no task of the create's own); a long
-            # one goes to a task of the client's, so stopping the work is never held up.
-            detach = request.sync_wait is not None and request.sync_wait > HOLD_IN_WORKER
-            prediction = await creates.create(request, detach=detach)
+            prediction = await creates.create(request)
             if not prediction.status.terminal:  # sync mode often finished it already
                 remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
                 prediction = await self.client.wait(

@@ -91,6 +91,9 @@ _TICK: Final = 0.005
 _GROUP_WAIT: Final = 0.5
 # Waits shorter than this are rounding errors of the clock arithmetic, not waits.
 _EPSILON: Final = 1e-6
+# Until the first 429, without the server's count, the creates each accepted one lets
+# through at once.
+_ANSWER_ALLOWANCE: Final = 2.0
 # The most creates one ``ratelimit-remaining`` header lets through at once.
 _HEADER_ALLOWANCE_MAX: Final = 1000.0
 
@@ -304,13 +307,19 @@ class RateLimiter:
         """
         self.accepted += 1
         self._answered()
-        if remaining is None or self.fixed or self._last_event is not None:
+        if self.fixed or self._last_event is not None:
             return
-        if not remaining >= 1:
-            return
-        allowance = min(remaining, _HEADER_ALLOWANCE_MAX) - self._outstanding
         now = self._clock()
         self._refill(now)
+        if remaining is None:
+            # No count from the server: as TCP's slow start does per acknowledgement,
+            # each accepted create lets two more through, so the pace doubles every
+            # round and a round's creates go out together.
+            allowance = min(self._tokens + _ANSWER_ALLOWANCE, self._capacity)
+        elif remaining >= 1:
+            allowance = min(remaining, _HEADER_ALLOWANCE_MAX) - self._outstanding
+        else:
+            return
         if allowance > self._tokens:
             self._tokens = allowance
             self._release(now)

@@ -140,9 +140,9 @@ async def test_the_servers_remaining_creates_let_a_queue_through_at_once(
     await group.__aexit__(None, None, None)
 
 
-@pytest.mark.parametrize("remaining", [None, 0, 0.5, float("nan")])
+@pytest.mark.parametrize("remaining", [0, 0.5, float("nan")])
 async def test_no_number_of_remaining_creates_lets_nothing_more_through(
-    stopped: StoppedClock, remaining: float | None
+    stopped: StoppedClock, remaining: float
 ) -> None:
     limiter = RateLimiter(clock=stopped, sleep=stopped.sleep)
     for _ in range(int(INITIAL_BURST)):
@@ -152,6 +152,28 @@ async def test_no_number_of_remaining_creates_lets_nothing_more_through(
     limiter.on_accepted(remaining=remaining)
     await anyio.wait_all_tasks_blocked()
     assert granted == []
+    group.cancel_scope.cancel()
+    await group.__aexit__(None, None, None)
+
+
+async def test_without_a_count_each_accepted_create_lets_two_through(
+    stopped: StoppedClock,
+) -> None:
+    limiter = RateLimiter(clock=stopped, sleep=stopped.sleep)
+    for _ in range(int(INITIAL_BURST)):
+        await limiter.acquire()
+    granted: list[int] = []
+    group = await queue_callers(limiter, 30, granted)
+    # As TCP's slow start: each answer lets two more through, without the clock moving.
+    for answers in range(1, 4):
+        limiter.on_accepted()
+        await anyio.wait_all_tasks_blocked()
+        assert sorted(granted) == list(range(2 * answers))
+    # Once a 429 came, answers let nothing more through.
+    limiter.on_throttled(0.0)
+    limiter.on_accepted()
+    await anyio.wait_all_tasks_blocked()
+    assert sorted(granted) == list(range(6))
     group.cancel_scope.cancel()
     await group.__aexit__(None, None, None)
 

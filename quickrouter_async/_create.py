@@ -183,9 +183,13 @@ class Creates:
         sent_at = self._transport.clock.clock()
         try:
             return await self._transport.retrying(
-                lambda: self._attempt(request, entry, sent_at, taken),
+                self._attempt,
+                request,
+                entry,
+                sent_at,
+                taken,
                 retry_on=self._worth_again,
-                what=lambda: f"create of {request.model}",
+                what=f"create of {request.model}",
             )
         except _NotCreated as exc:
             raise exc.error from None
@@ -207,7 +211,8 @@ class Creates:
         sent_at: float,
         taken: Collection[str],
     ) -> Prediction:
-        await entry.begin()
+        if not entry.begin_nowait():
+            await entry.begin()
         try:
             try:
                 return await self._send(request)

@@ -269,10 +269,15 @@ async def _save_with_retries(
     transport: Transport, url: str, folder: Path, stem: tuple[str, int], rules: _Rules
 ) -> Path:
     return await transport.retrying(
-        lambda: _save(transport, url, folder, stem, rules),
+        _save,
+        transport,
+        url,
+        folder,
+        stem,
+        rules,
         # A refused address or a disk error comes back the same however often asked.
         retry_on=lambda exc: transport.transient(exc) and not isinstance(exc, OutputURLRefused),
-        what=lambda: f"download of output {stem[1]}",
+        what=f"download of output {stem[1]}",
     )
 
 

@@ -42,13 +42,18 @@ class Creating:
             self._gate = anyio.Lock()
         return self._gate
 
+    def begin_nowait(self) -> bool:
+        """Count a create as under way, unless a lookup for this input runs (False)."""
+        if self._gate is not None and self._gate.locked():
+            return False
+        self.sending += 1
+        return True
+
     async def begin(self) -> None:
         """Count a create as under way, once no lookup for this input runs."""
-        if self._gate is not None and self._gate.locked():
-            async with self._gate:
+        if not self.begin_nowait():
+            async with self.gate:
                 self.sending += 1
-        else:
-            self.sending += 1
 
     def end(self) -> None:
         self.sending -= 1

@@ -78,6 +78,18 @@ class CreateRequest:
         return "Cancel-After" in self.headers
 
 
+# One encoder for every input: keys sorted, no spaces, Unicode kept, no NaN. No record
+# of enclosing containers: a value that contains itself recurses until RecursionError,
+# as one nested too deeply does, and both get one message.
+_INPUT_ENCODER: Final = json.JSONEncoder(
+    sort_keys=True,
+    separators=(",", ":"),
+    ensure_ascii=False,
+    allow_nan=False,
+    check_circular=False,
+)
+
+
 def input_json(value: object) -> str:
     """An input as JSON with its keys sorted, no spaces, Unicode kept: one text for one
     value, compared with the input a prediction echoes back.
@@ -85,20 +97,11 @@ def input_json(value: object) -> str:
     Raises:
         ValueError: NaN or infinity; TypeError: not JSON; RecursionError: nested too deep.
     """
-    # No record of enclosing containers: a value that contains itself recurses until
-    # RecursionError, as one nested too deeply does, and both get one message.
-    return json.dumps(
-        value,
-        sort_keys=True,
-        separators=(",", ":"),
-        ensure_ascii=False,
-        allow_nan=False,
-        check_circular=False,
-    )
+    return _INPUT_ENCODER.encode(value)
 
 
 def _segment(value: str, what: str, field: str) -> str:
-    if not _SEGMENT.fullmatch(value) or set(value) == {"."}:
+    if not _SEGMENT.fullmatch(value) or not value.strip("."):
         raise InputError(
             f"{what} must be letters, digits, '.', '_' and '-' (not '.' or '..'), "
             f"got {short_repr(value)}",

@@ -73,6 +73,13 @@ def parse_timestamp(value: object, field: str = "timestamp") -> dt.datetime | No
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
 
 
+fromisoformat: Final = dt.datetime.fromisoformat
+
+
+def _aware(moment: dt.datetime) -> dt.datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=dt.UTC)
+
+
 def _error_text(value: object) -> str | None:
     # Servers put a string here; some gateways put an object. Keep it readable either way.
     if value is None or isinstance(value, str):
@@ -124,9 +131,15 @@ def parse_prediction(data: object) -> Prediction:
         _check_fields(dicts, _DICT_FIELDS, dict)
     model, version, logs, source, deployment, webhook = strings
     input_, metrics, urls = dicts
-    created_at, started_at, completed_at, deadline = map(
-        parse_timestamp, map(get, _DATETIME_FIELDS), _DATETIME_FIELDS
-    )
+    stamps = tuple(map(get, _DATETIME_FIELDS))
+    try:
+        created_at, started_at, completed_at, deadline = (
+            None if stamp is None else _aware(fromisoformat(stamp)) for stamp in stamps
+        )
+    except (TypeError, ValueError):  # the field at fault is named only on failure
+        created_at, started_at, completed_at, deadline = map(
+            parse_timestamp, stamps, _DATETIME_FIELDS
+        )
     unknown = () if _KNOWN.issuperset(data) else data.keys() - _KNOWN
     return Prediction(
         id=pid,

@@ -355,23 +355,25 @@ class Transport:
 
     async def retrying(
         self,
-        operation: Callable[[], Awaitable[T]],
-        *,
+        operation: Callable[..., Awaitable[T]],
+        *args: object,
         retry_on: Callable[[QuickRouterError], bool],
-        what: Callable[[], str],
+        what: str,
     ) -> T:
-        """Run ``operation`` until it succeeds, a failure is final, or the attempts end.
+        """Call ``operation(*args)`` until it succeeds, a failure is final, or the
+        attempts end.
 
         Args:
             operation: one attempt.
+            args: its arguments.
             retry_on: whether a failure is worth another attempt.
-            what: the attempt's description, for the log (made only on a retry).
+            what: the attempt's description, for the log.
         """
         policy = self.retry
         attempt = 1
         while True:
             try:
-                return await operation()
+                return await operation(*args)
             except QuickRouterError as exc:
                 if attempt >= policy.attempts or not retry_on(exc):
                     raise
@@ -379,7 +381,7 @@ class Transport:
                 delay = policy.delay(attempt, hint)
                 logger.info(
                     "retrying %s in %.2fs (attempt %d of %d): %s",
-                    what(),
+                    what,
                     delay,
                     attempt + 1,
                     policy.attempts,
@@ -395,9 +397,7 @@ class Transport:
             APIError, TransportError, ProtocolError: as `send`, once retries are over.
         """
         return await self.retrying(
-            lambda: self.send(method, url),
-            retry_on=self.transient,
-            what=lambda: f"{method} {self.path_of(url)}",
+            self.send, method, url, retry_on=self.transient, what=f"{method} {self.path_of(url)}"
         )
 
     # -- file downloads ------------------------------------------------------------------

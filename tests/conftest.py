@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -29,6 +30,12 @@ def anyio_backend() -> str:
     """aiohttp is asyncio-only."""
     return "asyncio"
 
+
+# The key the emulator expects unless a test says otherwise. `QUICKROUTER_TEST_KEY=k
+# python -m pytest` runs the suite with a one-letter key, as users' own tests often do:
+# answers must then reach the client byte for byte all the same.
+TEST_KEY = os.environ.get("QUICKROUTER_TEST_KEY", "test-key")
+Emulator.__init__.__kwdefaults__["api_key"] = TEST_KEY
 
 # Fast polls and no real back-off: tests must not sleep for seconds.
 FAST_POLL = qr.PollPolicy(sync_wait=None, interval=0.01)

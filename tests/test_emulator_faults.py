@@ -100,6 +100,24 @@ async def test_faults_apply_only_to_the_chosen_endpoints() -> None:
         assert (await api.get(created.body["id"])).status == 200
 
 
+async def test_several_fault_sets_each_apply_to_their_endpoints() -> None:
+    mix = [
+        Faults(throttle=1.0, endpoints="get"),
+        Faults(server_error_after_create=1.0, endpoints="create"),
+    ]
+    async with serve(faults=mix) as api:
+        created = await api.create()
+        assert created.status in {500, 502}
+        [record] = api.emulator.predictions
+        assert (await api.get(record.id)).status == 429
+        assert (await api.call("GET", "/v1/predictions")).status == 200
+        assert api.emulator.faults == tuple(mix)
+        with pytest.raises(TypeError):
+            api.emulator.faults = [mix[0], "reset"]  # type: ignore[list-item]
+        with pytest.raises(TypeError):
+            api.emulator.faults = []
+
+
 async def test_unauthenticated_requests_see_no_faults() -> None:
     async with serve(faults=Faults(reset=1.0)) as api:
         answer = await api.call("GET", "/v1/predictions", auth=False)

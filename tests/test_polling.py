@@ -25,7 +25,7 @@ from quickrouter_async._polling import MAX_HINT, raise_for_outcome, retry_after
 from quickrouter_async._schedule import DurationSummary, PollPlan, Schedule
 from quickrouter_async.testing import Emulator, Faults
 
-from .conftest import FAST_RETRY, running, until
+from .conftest import FAST_RETRY, TEST_KEY, running, until
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
@@ -49,7 +49,7 @@ SYNC_POLL = qr.PollPolicy(interval=0.01)
 async def make_client(base_url: str, **options: Any) -> AsyncIterator[qr.QuickRouter]:
     options.setdefault("poll", SYNC_POLL)
     options.setdefault("retry", FAST_RETRY)
-    async with qr.QuickRouter("test-key", base_url=base_url, **options) as client:
+    async with qr.QuickRouter(TEST_KEY, base_url=base_url, **options) as client:
         yield client
 
 

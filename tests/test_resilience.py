@@ -25,6 +25,7 @@ from quickrouter_async._lookup import Wanted
 from quickrouter_async._request import build_create
 from quickrouter_async.testing import Emulator, Faults
 
+from .conftest import TEST_KEY
 from .http_servers import Scripted, hang, prediction_json, reply
 
 if TYPE_CHECKING:
@@ -57,7 +58,7 @@ class Sleeps(list[float]):
 def make_client(base_url: str, sleeps: Sleeps | None = None, **options: Any) -> qr.QuickRouter:
     options.setdefault("retry", RETRY)
     options.setdefault("poll", POLL)
-    return qr.QuickRouter("test-key", base_url=base_url, sleep=sleeps, **options)
+    return qr.QuickRouter(TEST_KEY, base_url=base_url, sleep=sleeps, **options)
 
 
 @pytest.fixture

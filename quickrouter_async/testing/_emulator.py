@@ -110,7 +110,8 @@ class Emulator:
         image_size: the long edge, in pixels, of output images.
         page_size: predictions per page of ``GET /v1/predictions``.
         rate_limit: a token bucket on the create endpoints, or ``None``.
-        faults: misbehaviour to inject, or ``None``.
+        faults: misbehaviour to inject: a `Faults`, several (a list or tuple, each drawn
+            on its own, e.g. 429s on polls only and 5xx everywhere), or ``None``.
         seed: seeds the random generator (durations, failures, ids, faults) so runs
             repeat; ``None`` seeds from the system.
         latency: seconds added before every answer.
@@ -156,7 +157,7 @@ class Emulator:
         image_size: int = 256,
         page_size: int = 100,
         rate_limit: RateLimit | None = None,
-        faults: Faults | None = None,
+        faults: Faults | Iterable[Faults] | None = None,
         seed: int | None = None,
         latency: Duration = 0.0,
         passthrough_urls: bool = True,
@@ -293,15 +294,26 @@ class Emulator:
         self._runtime.bucket = None if value is None else TokenBucket(value, time.monotonic())
 
     @property
-    def faults(self) -> Faults | None:
-        """The faults injected, or ``None``."""
+    def faults(self) -> Faults | tuple[Faults, ...] | None:
+        """The faults injected: one `Faults`, several (each drawn on its own), or ``None``."""
         return self._faults
 
     @faults.setter
-    def faults(self, value: Faults | None) -> None:
-        if value is not None and not isinstance(value, Faults):
-            raise TypeError(f"faults must be a Faults or None, got {value!r}")
-        self._faults = value
+    def faults(self, value: Faults | Iterable[Faults] | None) -> None:
+        sets: tuple[Faults, ...]
+        if value is None or isinstance(value, Faults):
+            sets = () if value is None else (value,)
+            self._faults: Faults | tuple[Faults, ...] | None = value
+        else:
+            sets = tuple(value) if isinstance(value, list | tuple) else ()
+            if not sets or not all(isinstance(item, Faults) for item in sets):
+                raise TypeError(f"faults must be a Faults, several, or None, got {value!r}")
+            self._faults = sets
+        self._fault_sets = sets
+
+    def faults_for(self, kind: str) -> tuple[Faults, ...]:
+        """The fault sets that apply to a request of this kind (see `count`)."""
+        return tuple(faults for faults in self._fault_sets if kind in faults.endpoints)
 
     @property
     def latency(self) -> float:

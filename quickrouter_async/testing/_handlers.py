@@ -243,8 +243,7 @@ class Handlers:
         exchange.prediction_id = record.id
         if record.webhook is not None and emulator.webhooks:
             runtime.webhooks.schedule(emulator, record)
-        faults = emulator.faults
-        if faults is not None and "create" in faults.endpoints:
+        for faults in emulator.faults_for("create"):
             if _faults.chance(runtime.rng, faults.reset_after_create):
                 exchange.faults.append("reset_after_create")
                 raise _faults.DroppedError

@@ -135,10 +135,8 @@ async def _answer(
     exchange: Exchange,
 ) -> web.StreamResponse:
     rng = runtime.rng
-    faults = emulator.faults
-    if faults is not None and exchange.kind not in faults.endpoints:
-        faults = None
-    if faults is not None:
+    fault_sets = emulator.faults_for(exchange.kind)
+    for faults in fault_sets:
         if _faults.chance(rng, faults.reset):
             exchange.faults.append("reset")
             raise _faults.DroppedError
@@ -169,15 +167,14 @@ async def _answer(
     except Exception:
         logger.exception("the emulator failed to answer %s %s", request.method, request.path)
         return problem(500, "Internal Server Error", "The emulator failed; see its log.")
-    if faults is None:
-        return response
-    if 200 <= response.status < 300 and _faults.chance(rng, faults.malformed):
-        variant = rng.choice(_faults.malformed_variants(exchange.body))
-        exchange.faults.append(f"malformed:{variant}")
-        response = _faults.malformed(exchange.body, variant, response.status)
-    if _faults.chance(rng, faults.slow):
-        exchange.faults.append("slow")
-        await runtime.pause(faults.slow_seconds)
+    for faults in fault_sets:
+        if 200 <= response.status < 300 and _faults.chance(rng, faults.malformed):
+            variant = rng.choice(_faults.malformed_variants(exchange.body))
+            exchange.faults.append(f"malformed:{variant}")
+            response = _faults.malformed(exchange.body, variant, response.status)
+        if _faults.chance(rng, faults.slow):
+            exchange.faults.append("slow")
+            await runtime.pause(faults.slow_seconds)
     return response
 
 

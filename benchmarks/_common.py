@@ -222,7 +222,18 @@ def server_stats(emulator: Any) -> dict[str, Any]:
         else:
             kind = "get"
         requests[f"{kind} {status}"] += 1
-    statuses = Counter(str(_field(p, "status")) for p in _records(emulator.predictions))
+    predictions = _records(emulator.predictions)
+    statuses = Counter(str(_field(p, "status")) for p in predictions)
+    copies = Counter(str(sorted(_field(p, "input").items())) for p in predictions)
+    faults = Counter(
+        fault
+        for record in _records(emulator.requests)
+        for fault in (_field(record, "fault") or "").split(",")
+        if fault
+    )
+    deadlines = Counter(
+        (getattr(p, "create_headers", None) or {}).get("cancel-after") for p in predictions
+    )
     return {
         "requests": dict(requests),
         "creates": sum(v for k, v in requests.items() if k.startswith("create ")),
@@ -231,6 +242,10 @@ def server_stats(emulator: Any) -> dict[str, Any]:
         "predictions": sum(statuses.values()),
         "statuses": dict(statuses),
         "running": sum(v for k, v in statuses.items() if k not in TERMINAL),
+        "by_status": dict(statuses),
+        "inputs_created_twice": sum(1 for count in copies.values() if count > 1),
+        "faults": dict(faults),
+        "cancel_after": {str(k): v for k, v in deadlines.items()},
     }
 
 
@@ -247,6 +262,10 @@ async def _serve(options: dict[str, Any]) -> None:
     limit = options.pop("rate_limit", None)
     if limit is not None:
         options["rate_limit"] = testing.RateLimit(**limit)
+    faults = options.pop("faults", None)
+    if faults is not None:  # one set or several, as dicts
+        sets = [faults] if isinstance(faults, dict) else faults
+        options["faults"] = [testing.Faults(**fault) for fault in sets]
     async with testing.Emulator(**options) as emulator:
         print(f"QUICKROUTER_BASE_URL={emulator.base_url}", flush=True)
         while True:

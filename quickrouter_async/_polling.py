@@ -24,7 +24,15 @@ from typing import TYPE_CHECKING, Final, Protocol
 import anyio
 import attrs
 
-from ._errors import PredictionCanceled, PredictionFailed, QuickRouterError, WaitTimeout
+from ._errors import (
+    PredictionCanceled,
+    PredictionFailed,
+    QuickRouterError,
+    RateLimitError,
+    ServerError,
+    TransportError,
+    WaitTimeout,
+)
 from ._http import retry_after_seconds
 from ._models import Prediction, Status
 from ._request import CreateRequest
@@ -68,6 +76,8 @@ logger = logging.getLogger(__name__)
 CANCEL_GRACE: Final = 5.0
 # The longest server hint honoured between two polls.
 MAX_HINT: Final = 60.0
+# Polls that failed for a passing reason, after their own retries, tolerated in a row.
+_POLL_FAILURES: Final = 3
 # The last poll before a deadline is sent this long (or two round trips) before it.
 _FINAL_MARGIN: Final = 0.05
 # What a wait without a deadline enters instead of a cancel scope.
@@ -109,7 +119,7 @@ async def _follow(
     track = schedule.track(first, watched_from=watched_from)
     current = first
     yield current
-    latency, final = 0.0, False
+    latency, final, failures = 0.0, False, 0
     while not current.status.terminal:
         pushed = push is not None and push.covers(current)
         delay = push.fallback_interval if push and pushed else track.next_delay(hint=hint)
@@ -125,7 +135,17 @@ async def _follow(
             if not pushed:
                 await anyio.sleep(delay)
             sent = time.monotonic()
-            latest, hint = await fetch(current.id)
+            try:
+                latest, hint = await fetch(current.id)
+            except (ServerError, RateLimitError, TransportError) as exc:
+                # The poll's own retries are spent, the prediction goes on: poll again
+                # at the next turn, a few times, before the wait gives up on the server.
+                failures += 1
+                if failures > _POLL_FAILURES or final:
+                    raise
+                logger.info("poll of %s failed (%s); polling on", current.id, exc)
+                continue
+            failures = 0
             latency = time.monotonic() - sent
         track.update(latest)
         if not latest.status.known:

@@ -754,3 +754,29 @@ async def test_each_combination_of_create_headers_is_sent_as_given(
         record.create_headers.get("content-type") == "application/json"
         for record in emulator.predictions
     )
+
+
+async def test_a_wait_outlasts_a_few_failed_polls() -> None:
+    async with (
+        Emulator(duration=0.2, seed=30) as emu,
+        make_client(emu.base_url, poll=qr.PollPolicy(sync_wait=None, interval=0.01)) as client,
+    ):
+        created = await client.create(MODEL, prompt())
+        emu.faults = Faults(throttle=1.0, endpoints={"get"})
+        attempts = FAST_RETRY.attempts
+
+        async def heal() -> None:
+            # Two polls, each with all its retries, fail before the server recovers.
+            await until(lambda: emu.count("get") >= 2 * attempts)
+            emu.faults = None
+
+        async with anyio.create_task_group() as group:
+            group.start_soon(heal)
+            done = await client.wait(created, timeout=30)
+        assert done.succeeded
+        # A server that keeps failing ends the wait after a few such polls.
+        again = await client.create(MODEL, prompt("again"))
+        emu.faults = Faults(server_error=1.0, endpoints={"get"})
+        with pytest.raises(qr.ServerError):
+            await client.wait(again, timeout=30)
+        assert emu.count("get", status=None) >= 4 * attempts

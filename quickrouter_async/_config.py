@@ -23,6 +23,7 @@ __all__ = [
     "PollPolicy",
     "RetryPolicy",
     "Timeouts",
+    "is_loopback",
     "resolve_api_key",
     "resolve_base_url",
     "to_seconds",
@@ -296,7 +297,9 @@ def resolve_api_key(api_key: str | None) -> str | None:
     return os.environ.get(API_KEY_ENV) or None
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is ``localhost`` (or under it) or a loopback address."""
+    host = host.lower()
     if host == "localhost" or host.endswith(".localhost"):
         return True
     try:
@@ -321,7 +324,7 @@ def resolve_base_url(base_url: str | None, *, allow_http: bool = False) -> str:
         raise InputError("base_url must not have a query or fragment", field="base_url")
     if parts.username or parts.password:
         raise InputError("base_url must not carry credentials", field="base_url")
-    if parts.scheme == "http" and not allow_http and not _is_loopback(parts.hostname):
+    if parts.scheme == "http" and not allow_http and not is_loopback(parts.hostname):
         raise InputError(
             f"refusing plain http:// for {parts.hostname}: the API key would travel unencrypted; "
             "use https:// or pass allow_http=True",

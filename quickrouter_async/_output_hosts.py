@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import attrs
 
+from ._config import is_loopback
 from ._errors import InputError, OutputURLRefused, short_repr
 
 if TYPE_CHECKING:
@@ -79,13 +80,7 @@ def output_hosts_of(hosts: Iterable[str] | None) -> tuple[str, ...] | None:
 
 def on_loopback(url: str) -> bool:
     """Whether ``url``'s host is a loopback address or ``localhost``."""
-    host = (urlsplit(url).hostname or "").lower()
-    if host == "localhost" or host.endswith(".localhost"):
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback(urlsplit(url).hostname or "")
 
 
 @attrs.frozen

@@ -14,14 +14,12 @@ import quickrouter_async as qr
 from quickrouter_async._journal import JOURNAL_NAME
 from quickrouter_async.cli._batch import BatchOptions
 from quickrouter_async.cli._execute import run_batch
-from quickrouter_async.testing import Faults
+from quickrouter_async.testing import Emulator, Faults
 
-from .conftest import FAST_POLL, FAST_RETRY
+from .conftest import FAST_POLL, FAST_RETRY, running
 
 if TYPE_CHECKING:
     from pathlib import Path
-
-    from quickrouter_async.testing import Emulator
 
 pytestmark = pytest.mark.anyio
 
@@ -121,6 +119,55 @@ async def test_resume_attaches_to_what_a_crash_left(
     counts = _per_input(emulator)
     assert counts.pop("batch input 3") == 2
     assert set(counts.values()) == {1}
+
+
+async def test_resume_on_a_gateway_keeps_what_it_cannot_look_up_in_doubt(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A server with create and get only: a prediction id in the journal is enough to
+    # attach, but a create a crash left without one cannot be looked up.
+    async with (
+        Emulator(profile="gateway", duration=0.05, seed=7) as emulator,
+        qr.QuickRouter(
+            emulator.api_key, base_url=emulator.base_url, poll=FAST_POLL, retry=FAST_RETRY
+        ) as client,
+    ):
+        source = _write(tmp_path / "in.jsonl", _prompts(4))
+        out = tmp_path / "out"
+        assert await run_batch(client, BatchOptions(source=source, out=out, model=MODEL)) == 0
+        first = _results(out)
+        _sql(
+            out,
+            "UPDATE entries SET state='submitting', prediction_id=NULL, status=NULL, sent_at=?"
+            " WHERE idx=0",
+            time.time(),
+        )
+        _sql(out, "UPDATE entries SET state='submitted', status=NULL, files='[]' WHERE idx=1")
+        _sql(out, "UPDATE entries SET state='pending', prediction_id=NULL WHERE idx=2")
+        creates = emulator.count("create")
+        capsys.readouterr()
+
+        options = BatchOptions(source=source, out=out, model=MODEL, resume=True)
+        assert await run_batch(client, options) == 1
+        assert "3 of 4 succeeded, 0 failed, 1 in doubt" in capsys.readouterr().out
+        # The pending input was sent; the one in doubt was neither sent nor found.
+        assert emulator.count("create") == creates + 1
+        assert emulator.count("list", status=200) == 0
+        second = _results(out)
+        assert second[1]["prediction_id"] == first[1]["prediction_id"]
+        assert second[0]["status"] == "in_doubt"
+        assert client.capabilities.list_predictions is False
+
+        resend = BatchOptions(
+            source=source, out=out, model=MODEL, resume=True, resend_in_doubt=True
+        )
+        assert await run_batch(client, resend) == 0
+        assert "4 of 4 succeeded, 0 failed, 0 in doubt" in capsys.readouterr().out
+        assert emulator.count("create") == creates + 2
+        counts = _per_input(emulator)
+        assert counts["batch input 0"] == 2  # paid twice, as --resend-in-doubt says
+        assert counts["batch input 1"] == 1
+        assert not running(emulator)
 
 
 async def test_usage_errors(

@@ -116,14 +116,81 @@ class CreateLimiter(Protocol):
         """A create got no answer."""
 
 
-class _Ticket:
-    """A caller queued for a create: granted by the pump, woken by its event."""
+class Ticket:
+    """A caller in a `WaitingLine`: woken by its event once let through (``granted``)
+    or sent elsewhere (``diverted``: the Redis limiter's fall-back to a local one).
+    """
 
-    __slots__ = ("event", "granted")
+    __slots__ = ("diverted", "event", "granted")
 
     def __init__(self) -> None:
         self.event = anyio.Event()
         self.granted = False
+        self.diverted = False
+
+
+class WaitingLine:
+    """Callers of a limiter in arrival order, first come first served.
+
+    The first caller in line is the pump: it runs the limiter's own ``pump`` (sleeping
+    until the limit allows, then granting callers from the front with `grant_next`)
+    until its own ticket is settled, and hands the pump on when it leaves. The others
+    wait on their own event, so a thousand waiting callers cost no wake-up per tick.
+    """
+
+    __slots__ = ("_pumping", "tickets")
+
+    def __init__(self) -> None:
+        self.tickets: collections.deque[Ticket] = collections.deque()
+        self._pumping = False
+
+    def __len__(self) -> int:
+        return len(self.tickets)
+
+    def grant_next(self) -> None:
+        """Let the first caller in line through."""
+        ticket = self.tickets.popleft()
+        ticket.granted = True
+        ticket.event.set()
+
+    def divert_all(self) -> None:
+        """Send every caller in line elsewhere (see `Ticket`)."""
+        while self.tickets:
+            ticket = self.tickets.popleft()
+            ticket.diverted = True
+            ticket.event.set()
+
+    async def wait(
+        self, pump: Callable[[Ticket], Awaitable[None]], give_back: Callable[[], None]
+    ) -> Ticket:
+        """Queue a caller and return its ticket once granted or diverted.
+
+        A caller cancelled after it was granted hands its grant back through
+        ``give_back``; one cancelled before leaves the line.
+        """
+        ticket = Ticket()
+        self.tickets.append(ticket)
+        try:
+            while not (ticket.granted or ticket.diverted):
+                if self._pumping:
+                    await ticket.event.wait()
+                    ticket.event = anyio.Event()
+                    continue
+                self._pumping = True
+                try:
+                    await pump(ticket)
+                finally:
+                    self._pumping = False
+        except BaseException:
+            if ticket.granted:
+                give_back()
+            elif not ticket.diverted:
+                self.tickets.remove(ticket)
+            raise
+        finally:
+            if not self._pumping and self.tickets:
+                self.tickets[0].event.set()  # the next in line becomes the pump
+        return ticket
 
 
 class RateLimiter:
@@ -165,8 +232,7 @@ class RateLimiter:
         self._tokens = self._capacity
         self._stamp = clock()
         self._resume_at = -float("inf")
-        self._queue: collections.deque[_Ticket] = collections.deque()
-        self._pumping = False
+        self._line = WaitingLine()
         # The pump's sleep, cut short when the server's count lets callers through.
         self._nap: anyio.CancelScope | None = None
         self.granted = 0
@@ -233,35 +299,18 @@ class RateLimiter:
     async def acquire(self) -> None:
         """Wait until a create may be sent, first come first served."""
         now = self._clock()
-        if not self._queue and self._delay(now) <= 0:
+        if not self._line.tickets and self._delay(now) <= 0:
             self._grant(now, queued=False)
             return
-        ticket = _Ticket()
-        self._queue.append(ticket)
-        try:
-            while not ticket.granted:
-                if self._pumping:
-                    await ticket.event.wait()
-                    ticket.event = anyio.Event()
-                    continue
-                self._pumping = True
-                try:
-                    await self._pump(ticket)
-                finally:
-                    self._pumping = False
-        except BaseException:
-            if ticket.granted:  # granted, then cancelled before it could send: give it back
-                self._tokens += 1.0
-                self.granted -= 1
-                self._outstanding -= 1
-            else:
-                self._queue.remove(ticket)
-            raise
-        finally:
-            if not self._pumping and self._queue:
-                self._queue[0].event.set()  # the next in line becomes the pump
+        await self._line.wait(self._pump, self._give_back)
 
-    async def _pump(self, ticket: _Ticket) -> None:
+    def _give_back(self) -> None:
+        """A caller granted, then cancelled before it could send: its token returns."""
+        self._tokens += 1.0
+        self.granted -= 1
+        self._outstanding -= 1
+
+    async def _pump(self, ticket: Ticket) -> None:
         """Let queued callers through, in order, as the bucket fills, until ``ticket`` is."""
         while not ticket.granted:
             delay = max(self._delay(now := self._clock()), self._group_wait())
@@ -275,12 +324,10 @@ class RateLimiter:
 
     def _release(self, now: float) -> None:
         """Grant queued callers, in order, as far as the bucket covers them."""
-        queue = self._queue
-        while queue and self._delay(now) <= 0:
-            waiter = queue.popleft()
-            waiter.granted = True
+        line = self._line
+        while line.tickets and self._delay(now) <= 0:
             self._grant(now, queued=True)
-            waiter.event.set()
+            line.grant_next()
 
     def _answered(self) -> None:
         self._outstanding = max(0, self._outstanding - 1)
@@ -292,7 +339,7 @@ class RateLimiter:
         """
         if self.fixed or self._last_event is not None:
             return 0.0
-        wanted = min(float(len(self._queue)), self._capacity)
+        wanted = min(float(len(self._line)), self._capacity)
         wait = (wanted - self._tokens) / self._rate
         return min(_GROUP_WAIT, wait) if wait > _EPSILON else 0.0
 

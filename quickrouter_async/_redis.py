@@ -39,11 +39,13 @@ from urllib.parse import urlsplit
 import anyio
 
 from ._errors import InputError
-from ._ratelimit import RateLimiter
+from ._ratelimit import RateLimiter, WaitingLine
 from ._redis_bucket import SharedBucket
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
+
+    from ._ratelimit import Ticket
 
 __all__ = ["RedisRateLimiter"]
 
@@ -54,17 +56,6 @@ _SCHEMES: Final = frozenset({"redis", "rediss", "unix"})
 _REGISTER_SECONDS: Final = 5.0
 # The pause when a 429 gave no hint (as the local limiter and the script assume).
 _DEFAULT_PAUSE: Final = 1.0
-
-
-class _Ticket:
-    """A caller queued for a create: woken by its event, granted or sent to fall back."""
-
-    __slots__ = ("event", "granted", "local")
-
-    def __init__(self) -> None:
-        self.event = anyio.Event()
-        self.granted = False
-        self.local = False
 
 
 class RedisRateLimiter:
@@ -125,8 +116,7 @@ class RedisRateLimiter:
         self._rate: float | None = None
         self._configured = False
         self._max_pause = 60.0
-        self._queue: collections.deque[_Ticket] = collections.deque()
-        self._pumping = False
+        self._line = WaitingLine()
         self._nap: anyio.CancelScope | None = None
         # Local times at which the tokens this process holds may be used.
         self._slots: collections.deque[float] = collections.deque()
@@ -213,10 +203,7 @@ class RedisRateLimiter:
                 self._bucket.describe(error),
                 "adaptive" if share is None else f"{share:g}/s",
             )
-        while self._queue:
-            ticket = self._queue.popleft()
-            ticket.local = True
-            ticket.event.set()
+        self._line.divert_all()
         if self._nap is not None:
             self._nap.cancel()  # the pump's own ticket falls back too
 
@@ -233,44 +220,27 @@ class RedisRateLimiter:
             await self._acquire_local()
             return
         now = self._clock()
-        if not self._queue and self._slots and self._slots[0] <= now and now >= self._paused_until:
+        slots = self._slots
+        if not self._line.tickets and slots and slots[0] <= now and now >= self._paused_until:
             self._slots.popleft()
             self.granted += 1
             return
-        ticket = _Ticket()
-        self._queue.append(ticket)
-        try:
-            while not (ticket.granted or ticket.local):
-                if self._pumping:
-                    await ticket.event.wait()
-                    ticket.event = anyio.Event()
-                    continue
-                self._pumping = True
-                try:
-                    await self._pump(ticket)
-                finally:
-                    self._pumping = False
-        except BaseException:
-            if ticket.granted:  # granted, then cancelled before it could send: keep it
-                self._slots.appendleft(self._clock())
-                self.granted -= 1
-            else:
-                with contextlib.suppress(ValueError):  # unless it fell back: out already
-                    self._queue.remove(ticket)
-            raise
-        finally:
-            if not self._pumping and self._queue:
-                self._queue[0].event.set()  # the next in line becomes the pump
-        if ticket.local:
+        ticket = await self._line.wait(self._pump, self._give_back)
+        if ticket.diverted:
             await self._acquire_local()
+
+    def _give_back(self) -> None:
+        """A caller granted, then cancelled before it could send: its slot is kept."""
+        self._slots.appendleft(self._clock())
+        self.granted -= 1
 
     async def _acquire_local(self) -> None:
         await self._local.acquire()
         self.granted += 1
 
-    async def _pump(self, ticket: _Ticket) -> None:
+    async def _pump(self, ticket: Ticket) -> None:
         """Take tokens for the queue and let callers through, in order, until ``ticket``."""
-        while not (ticket.granted or ticket.local):
+        while not (ticket.granted or ticket.diverted):
             now = self._clock()
             if now < self._paused_until:
                 self._slots.clear()  # reserved for a time the server asked to wait through
@@ -279,14 +249,12 @@ class RedisRateLimiter:
                 if self._slots[0] > now:
                     await self._doze(self._slots[0] - now)
                     continue
-                while self._queue and self._slots and self._slots[0] <= now:
+                while self._line.tickets and self._slots and self._slots[0] <= now:
                     self._slots.popleft()
-                    waiter = self._queue.popleft()
-                    waiter.granted = True
                     self.granted += 1
-                    waiter.event.set()
+                    self._line.grant_next()
             else:
-                await self._take(len(self._queue))
+                await self._take(len(self._line))
 
     async def _doze(self, seconds: float) -> None:
         """Sleep, cut short by a 429 (the pause changes what the pump waits for)."""

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from quickrouter_async._journal import JOURNAL_NAME
 from quickrouter_async.cli import main
-from quickrouter_async.cli._batch import BatchOptions, run_batch
+from quickrouter_async.cli._batch import BatchOptions
+from quickrouter_async.cli._execute import run_batch
 from quickrouter_async.cli._lines import input_as_sent, local_files
 from quickrouter_async.cli._run import build_input, run_one
 

@@ -198,7 +198,8 @@ async def test_a_cancelled_download_leaves_no_part_file(tmp_path: Path) -> None:
 
 
 async def test_ctrl_c_in_a_batch_leaves_no_part_file(tmp_path: Path) -> None:
-    from quickrouter_async.cli._batch import BatchOptions, run_batch  # noqa: PLC0415
+    from quickrouter_async.cli._batch import BatchOptions  # noqa: PLC0415
+    from quickrouter_async.cli._execute import run_batch  # noqa: PLC0415
 
     started = asyncio.Event()
     async with Scripted() as api:

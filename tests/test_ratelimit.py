@@ -5,8 +5,6 @@ The limiter runs on a fake clock here: its ``sleep`` moves the clock, so no test
 
 from __future__ import annotations
 
-import math
-
 import anyio
 import pytest
 import quickrouter_async as qr
@@ -14,51 +12,9 @@ from quickrouter_async._ratelimit import INITIAL_BURST, INITIAL_RATE, MIN_RATE, 
 from quickrouter_async.testing import Emulator, RateLimit
 
 from .conftest import FAST_POLL, FAST_RETRY
+from .limits import FakeClock, TokenBucketServer
 
 pytestmark = pytest.mark.anyio
-
-
-class FakeClock:
-    """A clock that only moves when someone sleeps."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-        await anyio.lowlevel.checkpoint()
-
-
-class TokenBucketServer:
-    """A server that throttles creates with a token bucket, like the emulator does."""
-
-    def __init__(self, clock: FakeClock, *, rate: float, burst: int, whole_seconds: bool) -> None:
-        self.clock = clock
-        self.rate = rate
-        self.burst = burst
-        self.whole_seconds = whole_seconds
-        self.tokens = float(burst)
-        self.stamp = clock.now
-        self.accepted = 0
-        self.throttled = 0
-
-    def create(self) -> float | None:
-        """None if accepted, else the Retry-After the server sends."""
-        now = self.clock.now
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            self.accepted += 1
-            return None
-        self.throttled += 1
-        wait = (1 - self.tokens) / self.rate
-        return float(math.ceil(wait)) if self.whole_seconds else wait
 
 
 async def drive(limiter: RateLimiter, server: TokenBucketServer, clock: FakeClock, n: int) -> float:

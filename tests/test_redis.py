@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import pytest
 from quickrouter_async._redis import RedisRateLimiter
 
+from .limits import FakeClock, TokenBucketServer
 from .redis_server import RedisServer
 
 if TYPE_CHECKING:
@@ -27,52 +27,13 @@ pytestmark = pytest.mark.anyio
 KEY = "{k}:create-rate"
 
 
-class FakeClock:
-    """A clock that only moves when someone sleeps."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def __call__(self) -> float:
-        return self.now
-
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-        await anyio.lowlevel.checkpoint()
-
-
-class TokenBucketServer:
-    """A server's create limit: ``rate`` per second, ``burst`` at once, its count in
-    ``ratelimit-remaining`` when ``headers``.
-    """
-
-    def __init__(self, clock: FakeClock, *, rate: float, burst: int, headers: bool) -> None:
-        self.clock, self.rate, self.burst, self.headers = clock, rate, burst, headers
-        self.tokens, self.stamp = float(burst), clock.now
-        self.accepted = self.throttled = 0
-
-    def create(self) -> tuple[float | None, float | None]:
-        """(None, remaining) if accepted, else (Retry-After in whole seconds, None)."""
-        now = self.clock.now
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
-        self.stamp = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            self.accepted += 1
-            return None, float(math.floor(self.tokens)) if self.headers else None
-        self.throttled += 1
-        return float(math.ceil((1 - self.tokens) / self.rate)), None
-
-
 async def send(limiter: RedisRateLimiter, server: TokenBucketServer, clock: FakeClock) -> None:
     """One create as the transport sends it: acquire, answer, and after a 429 wait and retry."""
     while True:
         await limiter.acquire()
-        retry_after, remaining = server.create()
+        retry_after = server.create()
         if retry_after is None:
-            limiter.on_accepted(remaining)
+            limiter.on_accepted(server.remaining)
             return
         limiter.on_throttled(retry_after)
         await clock.sleep(retry_after)

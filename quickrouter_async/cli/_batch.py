@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from .._models import Prediction
     from ._progress import Tally
 
-__all__ = ["ACCOUNT_ERRORS", "Batch", "BatchOptions", "Kind", "disk_error", "run_batch"]
+__all__ = ["ACCOUNT_ERRORS", "Batch", "BatchOptions", "Kind", "disk_error"]
 
 # A create is shielded from Ctrl-C for at most this long, so its prediction can be
 # recorded (and canceled) instead of left running unknown.
@@ -85,23 +85,6 @@ class BatchOptions:
     accept_edits: bool = False
     resend_in_doubt: bool = False
     kind: Kind = Kind.BATCH
-
-
-async def run_batch(
-    client: QuickRouter,
-    options: BatchOptions,
-    *,
-    interrupt: anyio.Event | None = None,
-    locked: bool = False,
-) -> int:
-    """Run (or resume) a batch job; return the exit status (see `_execute.run_batch`).
-
-    The run around the engine (the folder, the summary, the exit status) lives in
-    `_execute`, which imports this module: it is imported here when called.
-    """
-    from ._execute import run_batch as run  # noqa: PLC0415
-
-    return await run(client, options, interrupt=interrupt, locked=locked)
 
 
 def disk_error(exc: BaseException) -> OSError | None:

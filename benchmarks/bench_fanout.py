@@ -113,9 +113,11 @@ async def ours(
 async def bare_aiohttp(base_url: str, api_key: str, count: int, *, sync: bool) -> int:
     """The same requests with nothing but aiohttp and json: the floor to compare with."""
     headers = {"Authorization": f"Bearer {api_key}", "Accept": "application/json"}
-    create_headers = {**headers, "Content-Type": "application/json"}
+    # The headers of quickrouter_async's creates with default settings (see
+    # contenders.bare_aiohttp).
+    create_headers = {**headers, "Content-Type": "application/json", "Cancel-After": "1800s"}
     if sync:
-        create_headers["Prefer"] = "wait=60"
+        create_headers["Prefer"] = "wait=5"
     create_url = f"{base_url}/v1/models/{MODEL}/predictions"
     slots = asyncio.Semaphore(CPU_CONCURRENCY)
     succeeded = 0

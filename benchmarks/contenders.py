@@ -84,9 +84,12 @@ async def bare_aiohttp(
     """The same requests with nothing but aiohttp and json."""
     interval = 0.5 if work.interval is None else work.interval
     headers = {"Authorization": f"Bearer {api_key}", "Accept": "application/json"}
-    create_headers = {**headers, "Content-Type": "application/json"}
+    # The headers of quickrouter_async's creates with default settings: run_many's
+    # 30-minute deadline as Cancel-After, and in sync mode the short held wait of a
+    # server whose list route is not known yet.
+    create_headers = {**headers, "Content-Type": "application/json", "Cancel-After": "1800s"}
     if work.sync:
-        create_headers["Prefer"] = "wait=60"
+        create_headers["Prefer"] = "wait=5"
     create_url = f"{base_url}/v1/models/{MODEL}/predictions"
     slots = asyncio.Semaphore(work.concurrency)
 

@@ -17,6 +17,7 @@ import fcntl
 import json
 import os
 import socket
+import time
 from typing import TYPE_CHECKING, Final, Self
 
 import anyio
@@ -28,6 +29,9 @@ if TYPE_CHECKING:
 __all__ = ["LOCK_NAME", "JobLock", "Locked"]
 
 LOCK_NAME: Final = "journal.lock"
+# How often, and how far apart, the record of a holder is read before doing without it.
+_HOLDER_LOOKS: Final = 20
+_HOLDER_PAUSE: Final = 0.025
 
 
 class Locked(Exception):
@@ -35,14 +39,20 @@ class Locked(Exception):
 
 
 def _holder(descriptor: int) -> str:
-    """Who holds the lock, from what the holder wrote into the file."""
-    try:
-        text = os.pread(descriptor, 4096, 0).decode("utf-8", "replace")
-        record = json.loads(text)
-        return f"pid {record['pid']} on {record['host']}, since {record['since']}"
-    except (OSError, ValueError, KeyError, TypeError):
-        # The holder has locked the file but not written it yet, or it was edited.
-        return "a process that has not said who it is yet"
+    """Who holds the lock, from what the holder wrote into the file.
+
+    A holder writes its record right after it takes the lock; one that has not yet is
+    given a moment (it may be waiting for a core) before the message does without it.
+    """
+    for _ in range(_HOLDER_LOOKS):
+        try:
+            text = os.pread(descriptor, 4096, 0).decode("utf-8", "replace")
+            record = json.loads(text)
+            return f"pid {record['pid']} on {record['host']}, since {record['since']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            time.sleep(_HOLDER_PAUSE)  # in a worker thread (see `JobLock`)
+    # Not written yet, or the file was edited.
+    return "a process that has not said who it is yet"
 
 
 def _acquire(path: Path) -> int:

@@ -45,6 +45,7 @@ async def test_a_wrong_key_stops_the_batch_after_the_first_wave(tmp_path: Path) 
         )
         refused = emulator.count("create", status=401)
         assert ran.code == 1
+        print(f"wrong key: {refused} creates refused of 200 inputs, exit {ran.code}")  # noqa: T201
         assert 1 <= refused <= 12
         assert emulator.count("create") == refused
         assert "does not accept the API key" in ran.err

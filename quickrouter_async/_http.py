@@ -82,6 +82,7 @@ _ERROR_CLASSES: Final[dict[int, type[APIError]]] = {
 }
 _TAGS: Final = re.compile(r"<[^>]+>")
 _SPACES: Final = re.compile(r"\s+")
+_BODY_TAG: Final = re.compile(r"<body\b[^>]*>", re.I)
 _RESETS_IN: Final = re.compile(r"(?:resets in|available in)\s*~?(\d+(?:\.\d+)?)\s*s", re.I)
 # A ratelimit-reset this large is a Unix time, not a number of seconds.
 _EPOCH_THRESHOLD: Final = 1e9
@@ -249,7 +250,10 @@ def _problem_fields(body: object, text: str) -> tuple[str | None, str | None]:
             None if title is None else str(title)[:_DETAIL_CHARS],
             None if detail is None else str(detail)[: _DETAIL_CHARS * 10],
         )
-    plain = _SPACES.sub(" ", _TAGS.sub(" ", text)).strip()
+    # An HTML page's <head> repeats what its body says (nginx: "502 Bad Gateway" twice).
+    opening = _BODY_TAG.search(text)
+    shown = text[opening.end() :] if opening else text
+    plain = _SPACES.sub(" ", _TAGS.sub(" ", shown)).strip()
     return None, (plain[:_DETAIL_CHARS] or None)
 
 
@@ -272,8 +276,12 @@ def error_from_answer(answer: Answer, *, method: str, path: str) -> APIError:
     title, detail = _problem_fields(body, text)
     status = answer.status
     cls = _ERROR_CLASSES.get(status, ServerError if status >= 500 else APIError)
-    summary = ": ".join(part for part in (title, detail) if part)
-    message = f"{status} {summary or 'error'} ({method} {path})"
+    summary = ": ".join(part for part in (title, detail) if part) or "error"
+    # Said once: a page that starts with its own status, a gateway that names the route.
+    if not summary.startswith(f"{status} "):
+        summary = f"{status} {summary}"
+    route = f"{method} {path}"
+    message = summary if route in summary else f"{summary} ({route})"
     kwargs: dict[str, Any] = {
         "status": status,
         "title": title,

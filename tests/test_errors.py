@@ -73,6 +73,31 @@ def test_gateway_and_plain_bodies(body: object, detail: str) -> None:
     assert detail in str(error)
 
 
+# What nginx answers for a crashed upstream: the status in the <head> and in the <body>.
+NGINX_PAGE = (
+    b"<html>\r\n<head><title>502 Bad Gateway</title></head>\r\n<body>\r\n"
+    b"<center><h1>502 Bad Gateway</h1></center>\r\n<hr><center>nginx</center>\r\n"
+    b"</body>\r\n</html>\r\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (NGINX_PAGE, "502 Bad Gateway nginx (POST /v1/predictions)"),
+        (
+            {"error": {"message": "Invalid URL (POST /v1/predictions)", "type": "bad"}},
+            "502 bad: Invalid URL (POST /v1/predictions)",
+        ),
+        (b"upstream connect error", "502 upstream connect error (POST /v1/predictions)"),
+    ],
+)
+def test_a_message_says_the_status_and_the_route_once(body: object, message: str) -> None:
+    error = answer(502, body)
+    assert str(error) == message
+    assert error.body == (body.decode() if isinstance(body, bytes) else body)
+
+
 def test_empty_body_still_reads() -> None:
     error = answer(401, b"")
     assert isinstance(error, qr.AuthenticationError)
